@@ -1,0 +1,3 @@
+from frontc.cli import main
+
+main()

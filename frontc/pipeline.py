@@ -1,0 +1,151 @@
+"""Passes, their registry, the pipeline text syntax, and the state passes share.
+
+A pass is a small frozen dataclass: a `name`, a one-line `summary`, typed option fields, and
+`run(state)`. A pipeline is written as one line, e.g.
+    canonicalize,match,dct{convention=ortho,keep_ratio=0.5},resize{depth_mode=zero},emit
+and that line, with every option spelled out, is recorded in the output model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from frontc.errors import InputError
+from frontc.plan import Gene, ModelView, Plan
+
+DEFAULT_PIPELINE = "canonicalize,match,dct,resize,emit"
+
+# Built-in passes, imported only when used.
+REGISTRY: dict[str, str] = {
+    "canonicalize": "frontc.passes.canonicalize:Canonicalize",
+    "match": "frontc.passes.match:Match",
+    "dct": "frontc.passes.dct:DCT",
+    "resize": "frontc.passes.resize:Resize",
+    "emit": "frontc.passes.emit:Emit",
+}
+
+
+@dataclass
+class State:
+    """Everything the passes of one compilation read and write."""
+
+    source_path: Path
+    target_path: Path
+    output_path: Path | None = None
+    source: ModelView | None = None
+    target: ModelView | None = None
+    plan: Plan | None = None
+    genes: dict[str, Gene] = field(default_factory=dict)
+    updates: dict[str, np.ndarray] = field(default_factory=dict)   # target name -> canonical array
+    report: dict[str, dict] = field(default_factory=dict)          # target name -> report row
+    pipeline: str = ""
+    validate: bool = True
+    progress: Callable[[str, int], Callable[[], None]] | None = None
+
+    def step(self, label: str, total: int) -> Callable[[], None]:
+        """A callable that advances a progress bar of `total` steps (a no-op without one)."""
+        return self.progress(label, total) if self.progress else (lambda: None)
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+    def run(self, state: State) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        return list(dataclasses.fields(cls))
+
+    def text(self) -> str:
+        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in self.options())
+        return f"{self.name}{{{opts}}}" if opts else self.name
+
+
+def lookup(name: str) -> type[Pass]:
+    if name not in REGISTRY:
+        raise InputError(f"unknown pass '{name}' (known: {', '.join(REGISTRY)})")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+_ITEM = re.compile(r"\s*([A-Za-z_][\w-]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+
+
+def _convert(cls: type[Pass], f: dataclasses.Field, raw: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kind = hints[f.name]
+    choices = f.metadata.get("choices")
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(raw)
+            value = raw.lower() in ("true", "1")
+        else:
+            value = kind(raw)
+    except ValueError:
+        raise InputError(f"pass '{cls.name}': option {f.name}={raw!r} is not a "
+                         f"{getattr(kind, '__name__', kind)}") from None
+    if choices and value not in choices:
+        raise InputError(f"pass '{cls.name}': option {f.name}={raw!r} must be one of "
+                         f"{', '.join(map(str, choices))}")
+    return value
+
+
+def parse(text: str, defaults: dict[str, Any] | None = None) -> list[Pass]:
+    """Parse pipeline text into pass instances. `defaults` (option name -> value) fills the
+    options a pass has but the text does not set, as the CLI flags do."""
+    defaults = {k: v for k, v in (defaults or {}).items() if v is not None}
+    passes, pos = [], 0
+    text = text.strip()
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise InputError(f"cannot parse pipeline {text!r} at character {pos + 1}")
+        pos = m.end()
+        cls = lookup(m.group(1))
+        fields = {f.name: f for f in cls.options()}
+        given: dict[str, Any] = {}
+        for item in filter(None, (s.strip() for s in (m.group(2) or "").split(","))):
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in fields:
+                known = ", ".join(fields) or "none"
+                raise InputError(f"pass '{cls.name}': unknown option {item!r} (options: {known})")
+            given[key] = _convert(cls, fields[key], raw.strip())
+        for key, value in defaults.items():
+            if key in fields and key not in given:
+                given[key] = _convert(cls, fields[key], str(value))
+        passes.append(cls(**given))
+    if not passes:
+        raise InputError("the pipeline is empty")
+    return passes
+
+
+class Pipeline:
+    """An ordered list of passes run over one State."""
+
+    def __init__(self, passes: list[Pass]):
+        self.passes = passes
+
+    @classmethod
+    def from_text(cls, text: str = DEFAULT_PIPELINE, **defaults: Any) -> "Pipeline":
+        return cls(parse(text, defaults))
+
+    def text(self) -> str:
+        return ",".join(p.text() for p in self.passes)
+
+    def run(self, state: State) -> State:
+        state.pipeline = self.text()
+        for p in self.passes:
+            p.run(state)
+        return state

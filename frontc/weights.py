@@ -1,0 +1,196 @@
+"""The parameter view: every weight tensor of a model with its canonical layout and axis roles.
+
+A weight is a float tensor with more than one element, stored as an initializer or a Constant
+node, and reaching an op either directly or through Identity / Cast / Transpose nodes
+("plumbing"). Its *canonical* layout is PyTorch's: linear weights `[out, in]`, conv weights
+`[out, in/groups, *kernel]`. The op that consumes it decides the axis roles; names never do.
+
+Axis roles: out, in, kernel, feature (a per-channel vector), token (positions), unit (size 1),
+vocab and class. `vocab` and `class` are FIXED: never DCT-resized (sizes must agree).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+PLUMBING = {"Identity", "Cast", "Transpose"}
+FIXED_ROLES = {"vocab", "class"}
+FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+
+
+@dataclass
+class Weight:
+    """One stored weight tensor as the op that consumes it sees it."""
+
+    name: str                  # the stored tensor's name (initializer name or Constant output)
+    holder: ir.Value | ir.Node  # the initializer Value, or the Constant node holding the tensor
+    op: ir.Node                # the op that consumes it (after any plumbing)
+    port: int                  # which input of `op`
+    slot: str                  # e.g. "linear.weight", "conv.bias", "norm.scale", "bn.var"
+    perm: tuple[int, ...]      # stored layout -> canonical layout (np.transpose order)
+    shape: tuple[int, ...]     # canonical shape
+    roles: tuple[str, ...]     # one role per canonical axis
+    dtype: ir.DataType
+
+    @property
+    def tensor(self) -> ir.TensorProtocol:
+        if isinstance(self.holder, ir.Value):
+            return self.holder.const_value
+        return self.holder.attributes["value"].value
+
+    def array(self) -> np.ndarray:
+        """The tensor in canonical layout, as float64."""
+        return np.transpose(np.asarray(self.tensor.numpy(), dtype=np.float64), self.perm)
+
+    def store(self, canonical: np.ndarray) -> ir.Tensor:
+        """A tensor in the stored layout and dtype holding `canonical` (the inverse of array())."""
+        stored = np.transpose(canonical, np.argsort(self.perm))
+        return ir.Tensor(stored.astype(self.tensor.numpy().dtype), name=self.name)
+
+    @property
+    def fixed(self) -> tuple[bool, ...]:
+        return tuple(r in FIXED_ROLES for r in self.roles)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class WeightIndex:
+    """All weights of a model, and which ops consume which weights."""
+
+    weights: list[Weight] = field(default_factory=list)
+    by_op: dict[ir.Node, list[Weight]] = field(default_factory=dict)
+    plumbing: set[ir.Node] = field(default_factory=set)   # Constant and plumbing nodes of weights
+
+    def of(self, op: ir.Node) -> list[Weight]:
+        return self.by_op.get(op, [])
+
+
+def _stored_tensor(value: ir.Value):
+    """(holder, tensor, perm, plumbing nodes) if `value` is a constant weight, else None."""
+    perm: tuple[int, ...] | None = None
+    chain = []
+    while True:
+        if value.const_value is not None:
+            holder, tensor = value, value.const_value
+            break
+        node = value.producer()
+        if node is None:
+            return None
+        if node.op_type == "Constant" and "value" in node.attributes:
+            holder, tensor = node, node.attributes["value"].value
+            chain.append(node)
+            break
+        if node.op_type not in PLUMBING or len(node.inputs) != 1 or node.inputs[0] is None:
+            return None
+        chain.append(node)
+        if node.op_type == "Transpose":
+            rank = len(value.shape) if value.shape is not None else None
+            step = node.attributes.get("perm")
+            step = tuple(step.value) if step is not None else tuple(reversed(range(rank or 0)))
+            # perm maps the consumer's view back to stored axes: compose outermost last.
+            perm = step if perm is None else tuple(step[i] for i in perm)
+        value = node.inputs[0]
+    if tensor.dtype not in FLOAT_TYPES or tensor.size <= 1:
+        return None
+    rank = len(tensor.shape)
+    return holder, tensor, perm if perm is not None else tuple(range(rank)), chain
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def _roles(op: ir.Node, port: int, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
+    """(slot, extra permutation to canonical, axis roles) for a weight at op input `port`."""
+    rank = len(shape)
+    kind = op.op_type
+    ident = tuple(range(rank))
+    if kind == "Gemm" and rank == 2 and port == 1:
+        swap = not _attr(op, "transB", 0)
+        return "linear.weight", (1, 0) if swap else ident, ("out", "in")
+    if kind == "Gemm" and port == 2 and rank == 1:
+        return "linear.bias", ident, ("out",)
+    if kind == "MatMul" and rank == 2:
+        # x @ W with W [in, out]: canonical [out, in]; W @ x keeps [out, in].
+        return "linear.weight", (1, 0) if port == 1 else ident, ("out", "in")
+    if kind in ("Conv", "ConvTranspose") and port == 1 and rank >= 3:
+        first, second = ("out", "in") if kind == "Conv" else ("in", "out")
+        return "conv.weight", ident, (first, second) + ("kernel",) * (rank - 2)
+    if kind in ("Conv", "ConvTranspose") and port == 2:
+        return "conv.bias", ident, ("out",)
+    if kind == "Gather" and port == 0 and rank == 2 and _attr(op, "axis", 0) == 0:
+        return "embedding.table", ident, ("vocab", "feature")
+    if kind in ("LayerNormalization", "InstanceNormalization", "SimplifiedLayerNormalization") and rank == 1:
+        return ("norm.scale" if port == 1 else "norm.bias"), ident, ("feature",)
+    if kind == "BatchNormalization" and rank == 1:
+        return ("bn.scale", "bn.bias", "bn.mean", "bn.var")[port - 1], ident, ("feature",)
+    if kind == "Add" and rank == 1 and any(
+            v is not None and v.producer() is not None and v.producer().op_type == "MatMul"
+            for v in op.inputs):
+        return "linear.bias", ident, ("out",)
+    # Anything else (bias Add, RMS-style Mul scale, position embedding, class token, ...):
+    # size-1 axes are units, the last axis is the feature axis, the others are token axes.
+    roles = tuple("unit" if n == 1 else ("feature" if i == rank - 1 else "token")
+                  for i, n in enumerate(shape))
+    slot = "vector" if sum(n > 1 for n in shape) == 1 else "tensor"
+    return f"{kind.lower()}.{slot}", ident, roles
+
+
+def index_weights(model: ir.Model) -> WeightIndex:
+    """Find every weight of the main graph and derive its canonical layout and axis roles."""
+    index = WeightIndex()
+    seen: dict[int, Weight] = {}
+    for op in model.graph:
+        if op.op_type in PLUMBING or op.op_type == "Constant":
+            continue
+        for port, value in enumerate(op.inputs):
+            if value is None:
+                continue
+            found = _stored_tensor(value)
+            if found is None:
+                continue
+            holder, tensor, perm, chain = found
+            index.plumbing.update(chain)
+            stored_shape = tuple(int(d) for d in tensor.shape)
+            view_shape = tuple(stored_shape[p] for p in perm)
+            slot, extra, roles = _roles(op, port, view_shape)
+            perm = tuple(perm[p] for p in extra)
+            if id(holder) in seen:  # a tensor shared by several ops: the first consumer owns it
+                continue
+            weight = Weight(
+                name=holder.name if isinstance(holder, ir.Value) else holder.outputs[0].name,
+                holder=holder, op=op, port=port, slot=slot, perm=perm,
+                shape=tuple(stored_shape[p] for p in perm), roles=roles, dtype=tensor.dtype)
+            seen[id(holder)] = weight
+            index.weights.append(weight)
+            index.by_op.setdefault(op, []).append(weight)
+    _mark_heads(model, index)
+    return index
+
+
+def _mark_heads(model: ir.Model, index: WeightIndex) -> None:
+    """A linear op whose output reaches a graph output through weight-free ops is a head:
+    its out axis counts classes, which is fixed (the head is transferred only at equal size)."""
+    frontier = [v.producer() for v in model.graph.outputs if v.producer() is not None]
+    visited: set[ir.Node] = set()
+    while frontier:
+        node = frontier.pop()
+        if node in visited:
+            continue
+        visited.add(node)
+        weights = index.of(node)
+        if weights:
+            if any(w.slot == "linear.weight" for w in weights):
+                bias_ops = [node] + [u.node for o in node.outputs for u in o.uses()
+                                     if u.node.op_type == "Add"]
+                for op in bias_ops:
+                    for w in index.of(op):
+                        w.roles = tuple("class" if r == "out" else r for r in w.roles)
+            continue
+        frontier.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)

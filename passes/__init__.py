@@ -1,0 +1,1 @@
+"""frontc's built-in passes, one per module (installed as `frontc.passes`)."""

@@ -1,0 +1,39 @@
+"""canonicalize: load the source and the target and build their parameter views.
+
+Rules:
+1. Each model is read with onnx_ir; external data stays memory-mapped.
+2. Every weight (initializer, Constant node, or behind Identity/Cast/Transpose) gets its canonical
+   `[out, in, ...]` layout and axis roles from the op that consumes it (frontc.weights).
+3. Blocks and depth groups are derived from graph structure (frontc.structure).
+Nothing in either model is changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from frontc import modelio
+from frontc.errors import InputError
+from frontc.pipeline import Pass, State
+from frontc.plan import ModelView
+from frontc.structure import analyze
+from frontc.weights import index_weights
+
+
+def view_model(path: Path, what: str) -> ModelView:
+    model = modelio.load(path, what)
+    index = index_weights(model)
+    if not index.weights:
+        raise InputError(f"{what} {path}: has no weight tensors (float initializers or "
+                         f"Constant nodes with more than one element) to transfer")
+    return ModelView(Path(path), model, index, analyze(model, index))
+
+
+@dataclass(frozen=True)
+class Canonicalize(Pass):
+    name = "canonicalize"
+    summary = "load both models; find weights, their axis roles, blocks and depth groups"
+
+    def run(self, state: State) -> None:
+        state.source = view_model(state.source_path, "source")
+        state.target = view_model(state.target_path, "target")

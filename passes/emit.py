@@ -1,0 +1,62 @@
+"""emit: write the target model with its new weights, atomically, and validate it.
+
+Rules:
+1. Each updated weight replaces its tensor in the target (initializer or Constant node) in the
+   tensor's stored layout and dtype; the graph, inputs, outputs, opsets and every other tensor
+   stay as they were.
+2. Provenance goes into metadata_props: frontc.version, frontc.pipeline (every option spelled
+   out), frontc.source_sha256 and frontc.coverage.
+3. The model is written to a temporary folder beside the output (external data past 2 GB),
+   checked with onnx.checker and run once in onnxruntime, and only then renamed into place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+import frontc
+from frontc import modelio
+from frontc.errors import PipelineError
+from frontc.pipeline import Pass, State
+from frontc.validate import check_model
+
+
+def apply_updates(state: State) -> None:
+    weights = {w.name: w for w in state.target.index.weights}
+    for name, values in state.updates.items():
+        weight = weights[name]
+        tensor = weight.store(values)
+        if isinstance(weight.holder, ir.Value):
+            weight.holder.const_value = tensor
+        else:
+            weight.holder.attributes["value"] = ir.AttrTensor("value", tensor)
+
+
+def provenance(state: State) -> dict[str, str]:
+    return {
+        "frontc.version": frontc.__version__,
+        "frontc.pipeline": state.pipeline,
+        "frontc.source": state.source_path.name,
+        "frontc.source_sha256": modelio.sha256(state.source_path),
+        "frontc.coverage": json.dumps({"mapped": state.plan.mapped_tensors,
+                                       "kept": len(state.plan.kept)}),
+    }
+
+
+@dataclass(frozen=True)
+class Emit(Pass):
+    name = "emit"
+    summary = "write the initialized target atomically, with provenance, and validate it"
+
+    def run(self, state: State) -> None:
+        if state.output_path is None:
+            raise PipelineError("emit needs an output path")
+        model = state.target.model
+        apply_updates(state)
+        model.metadata_props.update(provenance(state))
+        with modelio.AtomicOutput(state.output_path) as tmp:
+            modelio.save(model, tmp)
+            if state.validate:
+                check_model(tmp)
