@@ -128,13 +128,17 @@ def example_input(model: nn.Module) -> torch.Tensor:
 
 
 def export(model: nn.Module, path: str | Path, exporter: str = "legacy") -> Path:
-    """Export `model` with the torch 'legacy' (TorchScript) or 'dynamo' exporter."""
+    """Export `model` with the torch 'legacy' (TorchScript) or 'dynamo' exporter.
+
+    Both fold BatchNorm into Conv in eval mode; 'legacy-bn' (legacy, no constant folding)
+    keeps BatchNormalization nodes with their running statistics.
+    """
     path = Path(path)
     x = example_input(model)
     kwargs = dict(input_names=["x"], output_names=["y"], opset_version=18)
-    if exporter == "legacy":
+    if exporter in ("legacy", "legacy-bn"):
         torch.onnx.export(model, (x,), str(path), dynamo=False, dynamic_axes={"x": {0: "batch"}},
-                          do_constant_folding=True, **kwargs)
+                          do_constant_folding=exporter == "legacy", **kwargs)
     elif exporter == "dynamo":
         torch.onnx.export(model, (x,), str(path), dynamo=True, external_data=True,
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},), **kwargs)

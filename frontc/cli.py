@@ -1,0 +1,234 @@
+"""The `frontc` command line."""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from frontc import __version__, modelio
+from frontc.errors import FrontcError
+from frontc.pipeline import DEFAULT_PIPELINE, REGISTRY, Pipeline, State, lookup
+from frontc.report import describe, plan_rows, summary
+
+EXIT_CODES = "Exit codes: 0 done, 1 pipeline failure, 2 bad usage or bad input."
+_debug = False
+
+
+class Command(click.Group):
+    """Turns frontc errors into one clear line and an exit code (a traceback only with --debug)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FrontcError as err:
+            if _debug:
+                traceback.print_exc()
+            click.echo(f"frontc: error: {err}", err=True)
+            sys.exit(err.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("frontc: interrupted; no output was written", err=True)
+            sys.exit(130)
+        except Exception as err:  # a bug: say so, keep the details for --debug
+            if _debug:
+                traceback.print_exc()
+            click.echo(f"frontc: internal error: {type(err).__name__}: {err} "
+                       f"(run with --debug for the traceback and report it)", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=Command, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="frontc")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Initialize a model from a larger pretrained one through the DCT learngene of its weights.
+
+    \b
+    frontc transfer big.onnx small.onnx -o small_init.onnx   # initialize small from big
+    frontc plan big.onnx small.onnx                          # dry run: what goes where
+    frontc inspect model.onnx                                # blocks, depth groups, tensors
+    """
+    global _debug
+    _debug = debug
+
+
+@contextmanager
+def progress_bars(enabled: bool):
+    """Yield a State.progress callback drawing rich bars on a terminal, or None."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bars:
+        def start(label: str, total: int):
+            task = bars.add_task(label, total=total)
+            return lambda: bars.advance(task)
+        yield start
+
+
+def pipeline_options(f):
+    for opt in reversed([
+        click.option("-p", "--pipeline", default=DEFAULT_PIPELINE, show_default=True,
+                     help="Passes to run, e.g. 'canonicalize,match,dct{keep_ratio=0.5},resize,emit'."),
+        click.option("--convention", type=click.Choice(["reference", "ortho"]), default=None,
+                     help="DCT scaling: the published 'reference' (default) or orthonormal 'ortho'."),
+        click.option("--keep-ratio", type=float, default=None,
+                     help="Fraction of each width axis's low frequencies kept (default 1.0)."),
+        click.option("--depth-mode", type=click.Choice(["zero", "repeat", "random"]), default=None,
+                     help="How a deeper target fills missing layer frequencies (default zero)."),
+        click.option("--seed", type=int, default=None, help="Seed for --depth-mode random (default 0)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _options(**kw):
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the initialized target (.onnx).")
+@pipeline_options
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Write a JSON report: per target tensor, its sources, transform and energy kept.")
+@click.option("--min-coverage", type=float, default=0.0, show_default=True,
+              help="Fail (exit 1, nothing written) if fewer target tensors than this are mapped.")
+@click.option("--no-validate", is_flag=True,
+              help="Skip onnx.checker and the onnxruntime test run of the output.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, report,
+             min_coverage, no_validate, quiet):
+    """Write TARGET initialized from SOURCE's learngene to OUTPUT.
+
+    TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
+    reconstruction of SOURCE's weights at TARGET's widths and depths. Tensors with no
+    counterpart keep TARGET's own values. The output is validated with onnx.checker and
+    onnxruntime before it is renamed into place; inputs are never modified.
+
+    \b
+    Example:
+      frontc transfer models/vit_source.onnx models/vit_narrow.onnx -o vit_narrow_init.onnx
+      frontc transfer big.onnx small.onnx -o out.onnx --convention ortho --keep-ratio 0.5
+    """
+    from frontc.errors import PipelineError
+    from frontc.pipeline import parse
+
+    modelio.refuse_overwriting_inputs(output, [source, target])
+    passes = parse(pipeline, _options(convention=convention, keep_ratio=keep_ratio,
+                                      depth_mode=depth_mode, seed=seed))
+    state = State(source, target, output, validate=not no_validate)
+    split = next((i for i, p in enumerate(passes) if p.name == "match"), None)
+    with progress_bars(not quiet) as progress:
+        state.progress = progress
+        head = Pipeline(passes[:split + 1] if split is not None else [])
+        head.run(state)
+        if state.plan is not None and state.plan.coverage < min_coverage:
+            raise PipelineError(f"coverage {state.plan.coverage:.1%} of target tensors is below "
+                                f"--min-coverage {min_coverage:.1%}; nothing written (see "
+                                f"'frontc plan' for what is kept and why)")
+        full = Pipeline(passes)
+        Pipeline(passes[split + 1 if split is not None else 0:]).run(state)
+        state.pipeline = full.text()
+    if report:
+        with modelio.AtomicOutput(report) as tmp:
+            tmp.write_text(json.dumps({**summary(state), "tensors": plan_rows(state)}, indent=1))
+    if not quiet:
+        s = summary(state)
+        click.echo(f"wrote {output}: {s['mapped_tensors']}/{s['target_tensors']} target tensors "
+                   f"({s['mapped_parameters']:,}/{s['target_parameters']:,} parameters) from "
+                   f"{source.name}; {s['depth_groups']} depth groups")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(source, target, as_json):
+    """Show which SOURCE tensors would initialize each TARGET tensor (nothing is written).
+
+    \b
+    Example:
+      frontc plan models/vit_source.onnx models/vit_shallow.onnx
+    """
+    from frontc.api import plan as run_plan
+
+    state = run_plan(source, target)
+    rows = plan_rows(state)
+    if as_json:
+        click.echo(json.dumps({**summary(state), "tensors": rows}, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{target.name} <- {source.name}")
+    for col in ("target tensor", "shape", "source tensor(s)", "source shape", "layers"):
+        table.add_column(col)
+    for r in rows:
+        if "kept" in r:
+            table.add_row(r["target"], str(r["shape"]), f"[yellow]own init: {r['kept']}", "", "")
+        else:
+            srcs = r["sources"][0] + (f" (+{len(r['sources']) - 1})" if len(r["sources"]) > 1 else "")
+            table.add_row(r["target"], str(r["shape"]), srcs, str(r["source_shape"]),
+                          f"{r['depth']} #{r['layer']}" if r["depth"] != "1->1" else "")
+    console = Console()
+    console.print(table)
+    s = summary(state)
+    console.print(f"coverage: {s['mapped_tensors']}/{s['target_tensors']} tensors, "
+                  f"{s['mapped_parameters']:,}/{s['target_parameters']:,} parameters; "
+                  f"{s['depth_groups']} depth groups; "
+                  f"{len(s['unused_source_tensors'])} source tensors unused")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect(model, as_json):
+    """Show MODEL's stages of repeated blocks, depth groups and weights with axis roles.
+
+    \b
+    Example:
+      frontc inspect models/vit_source.onnx
+    """
+    from frontc.passes.canonicalize import view_model
+
+    info = describe(view_model(model, "model"))
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{model}[/]: {info['weights']} weight tensors, {info['parameters']:,} parameters")
+    for i, stage in enumerate(info["stages"]):
+        ops = " ".join(stage["ops_per_block"])
+        console.print(f"  stage {i}: {stage['blocks']} x [{ops}]")
+    table = Table()
+    for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view"):
+        table.add_column(col)
+    for t in info["tensors"]:
+        table.add_row(t["name"], t["op"], t["kind"], str(t["shape"]), " ".join(t["roles"]),
+                      str(t["view"]))
+    console.print(table)
+
+
+@main.command(name="passes")
+def list_passes():
+    """List the available passes with their options."""
+    for name in REGISTRY:
+        cls = lookup(name)
+        click.echo(f"{name}: {cls.summary}")
+        for f in cls.options():
+            choices = f.metadata.get("choices")
+            extra = f" (one of {', '.join(choices)})" if choices else ""
+            click.echo(f"    {f.name}={f.default}{extra}  {f.metadata.get('help', '')}")

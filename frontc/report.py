@@ -1,0 +1,59 @@
+"""Plain-data views of a compilation for `plan`, `inspect` and `transfer --report`."""
+from __future__ import annotations
+
+from frontc.pipeline import State
+from frontc.plan import ModelView, view_shape
+
+
+def plan_rows(state: State) -> list[dict]:
+    """One row per target weight: where its values come from, or why it keeps its own init."""
+    rows = []
+    for m in state.plan.mappings:
+        for layer, w in enumerate(m.targets):
+            row = state.report.get(w.name) or {
+                "target": w.name, "shape": list(w.shape), "kind": w.slot,
+                "sources": [s.name for s in m.sources], "source_shape": list(m.sources[0].shape),
+                "depth": f"{len(m.sources)}->{len(m.targets)}", "layer": layer}
+            rows.append(row)
+    for k in state.plan.kept:
+        rows.append({"target": k.weight.name, "shape": list(k.weight.shape), "kind": k.weight.slot,
+                     "kept": k.reason})
+    return rows
+
+
+def summary(state: State) -> dict:
+    plan = state.plan
+    tensors = plan.mapped_tensors + len(plan.kept)
+    params = sum(w.size for m in plan.mappings for w in m.targets)
+    all_params = params + sum(k.weight.size for k in plan.kept)
+    return {"source": str(state.source_path), "target": str(state.target_path),
+            "output": str(state.output_path) if state.output_path else None,
+            "pipeline": state.pipeline,
+            "mapped_tensors": plan.mapped_tensors, "target_tensors": tensors,
+            "coverage": round(plan.coverage, 6),
+            "mapped_parameters": params, "target_parameters": all_params,
+            "depth_groups": sum(1 for m in plan.mappings if max(m.depth) > 1),
+            "unused_source_tensors": [w.name for w in plan.unused_sources]}
+
+
+def describe(view: ModelView) -> dict:
+    """Stages (runs of blocks), depth groups and every weight with its axis roles."""
+    runs = view.structure.runs()
+    stages = []
+    for r in runs:
+        ops = r.blocks[0].ops
+        if not ops:
+            continue
+        stages.append({
+            "blocks": r.count,
+            "ops_per_block": [op.op_type for op in ops],
+            "depth_groups": [[w.name for b in r.blocks for w in view.index.of(b.ops[k])
+                              if w.port == p.port] for k, op in enumerate(ops)
+                             for p in view.index.of(op)] if r.count > 1 else []})
+    weights = [{"name": w.name, "op": w.op.op_type, "node": w.op.name, "input": w.port,
+                "kind": w.slot, "shape": list(w.shape), "roles": list(w.roles),
+                "view": list(view_shape(w.shape)), "dtype": w.dtype.name}
+               for w in view.index.weights]
+    return {"model": str(view.path), "weights": len(weights),
+            "parameters": sum(w.size for w in view.index.weights),
+            "stages": stages, "tensors": weights}
