@@ -24,8 +24,8 @@ def exported(tmp_path_factory):
         key = (kind, exporter, seed, tuple(sorted(config.items())))
         if key not in cache:
             model = tm.randomize(getattr(tm, kind)(**config), seed)
-            name = "_".join(str(k) for k in (kind, exporter, seed, *sorted(config.items())))
-            cache[key] = tm.export(model, folder / f"{name}.onnx".replace(" ", ""), exporter)
+            name = "_".join([kind, exporter, str(seed)] + [f"{k}{v}" for k, v in sorted(config.items())])
+            cache[key] = tm.export(model, folder / f"{name}.onnx", exporter)
             cache[key, "torch"] = model
         return cache[key]
 
