@@ -185,12 +185,12 @@ def _mark_heads(model: ir.Model, index: WeightIndex) -> None:
             continue
         visited.add(node)
         weights = index.of(node)
-        if weights:
-            if any(w.slot == "linear.weight" for w in weights):
-                bias_ops = [node] + [u.node for o in node.outputs for u in o.uses()
-                                     if u.node.op_type == "Add"]
-                for op in bias_ops:
-                    for w in index.of(op):
-                        w.roles = tuple("class" if r == "out" else r for r in w.roles)
+        if any(w.slot == "linear.weight" for w in weights):
+            bias_ops = [u.node for o in node.outputs for u in o.uses() if u.node.op_type == "Add"]
+            for op in [node] + bias_ops:
+                for w in index.of(op):
+                    w.roles = tuple("class" if r == "out" else r for r in w.roles)
             continue
+        if weights and any(w.slot != "linear.bias" for w in weights):
+            continue  # another weight op ends the walk: no head on this path
         frontier.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
