@@ -5,7 +5,7 @@ import shutil
 import onnx
 import pytest
 
-from conftest import digest, frontc_cli
+from helpers import digest, frontc_cli
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import frontc
-from conftest import run_onnx
+from helpers import run_onnx
 
 # (source, target): Lite2->Lite1 width only, Lite1->Lite0 depth only, Lite2->Lite0 both, and back up.
 PAIRS = [(2, 1), (1, 0), (2, 0), (0, 2)]

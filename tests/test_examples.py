@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import ROOT, frontc_cli, run_onnx
+from helpers import ROOT, frontc_cli, run_onnx
 
 MODELS = ROOT / "models"
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import frontc
-from conftest import run_onnx
+from helpers import run_onnx
 
 CASES = [("MLP", {}), ("CNN", {}), ("ViT", {"depth": 3})]
 

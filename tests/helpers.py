@@ -1,4 +1,5 @@
-"""Shared fixtures: models exported once per test session, and helpers to run frontc."""
+"""Shared test helpers and fixtures (loaded for every test by the root conftest.py): models
+exported once per test session, and helpers to run frontc and onnxruntime."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")
