@@ -211,7 +211,7 @@ def inspect(model, as_json):
     console = Console()
     console.print(f"[bold]{model}[/]: {info['weights']} weight tensors, {info['parameters']:,} parameters")
     for i, stage in enumerate(info["stages"]):
-        ops = " ".join(stage["ops_per_block"])
+        ops = " ".join(stage["units_per_block"])
         console.print(f"  stage {i}: {stage['blocks']} x [{ops}]")
     table = Table()
     for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view"):

@@ -38,18 +38,15 @@ def summary(state: State) -> dict:
 
 def describe(view: ModelView) -> dict:
     """Stages (runs of blocks), depth groups and every weight with its axis roles."""
-    runs = view.structure.runs()
+    from frontc.structure import aligned_blocks
+
     stages = []
-    for r in runs:
-        ops = r.blocks[0].ops
-        if not ops:
-            continue
-        stages.append({
-            "blocks": r.count,
-            "ops_per_block": [op.op_type for op in ops],
-            "depth_groups": [[w.name for b in r.blocks for w in view.index.of(b.ops[k])
-                              if w.port == p.port] for k, op in enumerate(ops)
-                             for p in view.index.of(op)] if r.count > 1 else []})
+    for r in view.structure.runs():
+        layers = aligned_blocks(r)
+        groups = [[layer[k].slots()[key].name for layer in layers]
+                  for k, unit in enumerate(layers[0]) for key in unit.slots()]
+        stages.append({"blocks": r.count, "units_per_block": [u.label.split("|")[0] for u in layers[0]],
+                       "depth_groups": groups if r.count > 1 else []})
     weights = [{"name": w.name, "op": w.op.op_type, "node": w.op.name, "input": w.port,
                 "kind": w.slot, "shape": list(w.shape), "roles": list(w.roles),
                 "view": list(view_shape(w.shape)), "dtype": w.dtype.name}

@@ -1,43 +1,68 @@
 """Blocks and depth groups from graph structure alone (names are never read).
 
-1. The op graph: ONNX nodes as networkx nodes, labelled by op type, width-free attributes and
-   the ranks of their weights; edges labelled by input port. Weight plumbing is folded away.
-2. The backbone: the chain of immediate post-dominators from the first op that holds a weight
-   to the graph outputs. Every tensor on it carries all the information of the model (a
-   residual stream after each Add, every tensor of a plain chain).
+1. Units: an op that holds weights (linear, conv, norm, embedding, ...) together with the ops
+   that only add parameters to its output (a bias Add, a BatchNormalization after a Conv). A
+   Gemm and a MatMul followed by a bias Add are the same unit, so exporters agree.
+2. The backbone: the chain of immediate post-dominators from the first unit to the graph
+   outputs (networkx dominators on the reversed op graph). Every tensor on it carries all the
+   information of the model: the residual stream after each Add, every tensor of a plain chain.
 3. Segments: each node belongs to the first backbone node on its own post-dominator chain. A
-   segment is hashed (Weisfeiler-Lehman) over its core: what is reachable from the previous
-   backbone node, plus the nodes that hold weights; side inputs such as attention masks, which
-   post-dominate late, stay out of the hash.
-4. Runs: consecutive repeats of a unit of segments with equal hashes and equal weight shapes
-   are one run of blocks (a stage); the tensors of one role across its blocks form a depth group.
+   segment's *skeleton* keeps its units and the ops that join two activations (residual Add,
+   attention MatMul, Softmax); every other op is contracted into the edges, so reshapes, casts
+   and activation spellings that differ between exporters do not matter. The skeleton's
+   Weisfeiler-Lehman hash is the segment's token: equal for equal blocks at any width.
+   Side inputs that post-dominate late (attention masks) stay out: only what is reachable from
+   the previous backbone node, and the units, form the skeleton.
+4. Runs: consecutive repeats of a unit of segments with equal tokens and equal weight shapes are
+   one run of blocks (a stage). Each repeat is verified with networkx's DiGraphMatcher, which
+   also fixes the order of units inside a block; the same role across the blocks of a run is a
+   depth group.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import warnings
+from dataclasses import dataclass, field
 
 import networkx as nx
 import onnx_ir as ir
+from networkx.algorithms.isomorphism import DiGraphMatcher
 
-from frontc.weights import WeightIndex, Weight
+from frontc.weights import Weight, WeightIndex
 
 SINK = -1
-# networkx >= 3.5 warns that directed WL hashes changed once; frontc only compares hashes it made.
+# networkx >= 3.5 warns that directed WL hashes changed once; frontc only compares its own hashes.
 warnings.filterwarnings("ignore", message="The hashes produced for directed graphs")
-_WIDTH_ATTRS = {"group", "split", "value", "shape", "num_outputs"}
+
+_MARKERS = {"Add", "Sub", "Mul", "MatMul", "Softmax", "Concat"}
+_LINEAR = {"Gemm", "MatMul"}
+
+
+@dataclass
+class Unit:
+    """A weight-holding op and the parameter-only ops attached to its output."""
+
+    op: ir.Node
+    weights: list[Weight]
+    label: str
+
+    def slots(self) -> dict[tuple[str, int], Weight]:
+        """Weights keyed by (kind, occurrence), the key that pairs them across models."""
+        keyed: dict[tuple[str, int], Weight] = {}
+        for w in self.weights:
+            n = sum(1 for k in keyed if k[0] == w.slot)
+            keyed[w.slot, n] = w
+        return keyed
 
 
 @dataclass
 class Segment:
     token: str                      # structure hash: equal for blocks of one kind, any width
-    ops: list[ir.Node]              # the weight-holding ops, in canonical order
-    shapes: tuple                   # weight shapes, in the same order
+    skeleton: nx.DiGraph            # units and join ops; node attr "unit" for units
+    units: list[Unit]               # in canonical order
 
     @property
-    def weights(self) -> int:
-        return len(self.ops)
+    def shapes(self) -> tuple:
+        return tuple(tuple(w.shape for w in u.weights) for u in self.units)
 
 
 @dataclass
@@ -45,8 +70,12 @@ class Block:
     segments: list[Segment]
 
     @property
+    def units(self) -> list[Unit]:
+        return [u for seg in self.segments for u in seg.units]
+
+    @property
     def ops(self) -> list[ir.Node]:
-        return [op for seg in self.segments for op in seg.ops]
+        return [u.op for u in self.units]
 
 
 @dataclass
@@ -65,48 +94,82 @@ class Run:
 class Structure:
     index: WeightIndex
     segments: list[Segment]
-    orphans: list[ir.Node]          # weight-holding ops off every segment (dead code)
+    orphans: list[Unit]             # units off every segment (dead code)
 
     def runs(self, vocabulary: set[tuple[str, ...]] = frozenset()) -> list[Run]:
         return encode(self.segments, vocabulary)
 
 
-def _label(node: ir.Node, index: WeightIndex, weights: dict) -> str:
-    parts = [node.domain + "::" + node.op_type]
-    for name in sorted(node.attributes):
-        attr = node.attributes[name]
-        if name in _WIDTH_ATTRS or attr.type not in (
-                ir.AttributeType.INT, ir.AttributeType.INTS, ir.AttributeType.FLOAT,
-                ir.AttributeType.STRING):
-            continue
-        parts.append(f"{name}={attr.value}")
-    if node.op_type in ("Conv", "ConvTranspose"):
-        group = node.attributes.get("group")
-        group = group.value if group is not None else 1
-        w = next((w for w in index.of(node) if w.slot == "conv.weight"), None)
+def _attrs(node: ir.Node) -> list[str]:
+    out = []
+    for name in ("kernel_shape", "strides", "dilations", "axis", "perm"):
+        attr = node.attributes.get(name)
+        if attr is not None:
+            out.append(f"{name}={tuple(attr.value) if isinstance(attr.value, (list, tuple)) else attr.value}")
+    return out
+
+
+def _unit_label(op: ir.Node, weights: list[Weight]) -> str:
+    """Op kind and width-free attributes; biases and BatchNorm are left out, since exporters
+    differ in whether they keep them apart or fold them in."""
+    if op.op_type in _LINEAR:
+        return "linear"
+    if op.op_type in ("Conv", "ConvTranspose"):
+        w = next((w for w in weights if w.slot == "conv.weight"), None)
+        group = op.attributes.get("group")
+        group = 1 if group is None else group.value
         kind = "1" if group == 1 else ("dw" if w is not None and w.shape[1] == 1 else "g")
-        parts.append(f"group={kind}")
-        if w is not None and "kernel_shape" not in node.attributes:
-            parts.append(f"kernel={w.shape[2:]}")
-    for port, value in enumerate(node.inputs):
-        if value is None:
+        kernel = () if w is None else tuple(w.shape[2:])
+        skip = {"kernel_shape"}
+        return "|".join([op.op_type, f"group={kind}", f"kernel={kernel}"] +
+                        [a for a in _attrs(op) if a.split("=")[0] not in skip])
+    ranks = sorted(f"{w.slot}/{len(w.shape)}" for w in weights if w.op is op)
+    return "|".join([op.op_type] + _attrs(op) + ranks)
+
+
+def _is_dynamic(value: ir.Value | None, constant: set) -> bool:
+    """True for an activation; False for initializers, Constant outputs and weight plumbing."""
+    if value is None or value.const_value is not None:
+        return False
+    producer = value.producer()
+    return producer is None or (producer not in constant and producer.op_type != "Constant")
+
+
+def _units(index: WeightIndex, nodes: list[ir.Node]) -> tuple[dict, dict]:
+    """(primary op -> Unit, attached op -> its primary op)."""
+    attached: dict[ir.Node, ir.Node] = {}
+    for op in nodes:
+        weights = index.of(op)
+        if not weights or op.op_type not in ("Add", "BatchNormalization"):
             continue
-        w = weights.get((node, port))
-        if w is not None:
-            parts.append(f"in{port}={w.slot}/{len(w.shape)}")
-        elif value.const_value is not None or (
-                value.producer() is not None and value.producer() in index.plumbing):
-            parts.append(f"in{port}=const")
-    return "|".join(parts)
+        inputs = [v for v in op.inputs if v is not None and v.const_value is None
+                  and v.producer() is not None and v.producer() not in index.plumbing]
+        if len(inputs) != 1:
+            continue
+        producer = inputs[0].producer()
+        if producer.op_type in ("Conv", "ConvTranspose", *_LINEAR) and index.of(producer) and \
+                (op.op_type == "BatchNormalization" or all(sum(d > 1 for d in w.shape) == 1 for w in weights)):
+            attached[op] = attached.get(producer, producer)
+    units: dict[ir.Node, Unit] = {}
+    for op in nodes:
+        if index.of(op) and op not in attached:
+            units[op] = Unit(op, list(index.of(op)), "")
+    for op, primary in attached.items():
+        for w in index.of(op):
+            if op.op_type == "Add":  # a bias: name its kind after the op it belongs to
+                w.slot = ("linear" if primary.op_type in _LINEAR else "conv") + ".bias"
+            units[primary].weights.append(w)
+    for unit in units.values():
+        unit.label = _unit_label(unit.op, unit.weights)
+    return units, attached
 
 
 def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     nodes = [n for n in model.graph if n not in index.plumbing and n.op_type != "Constant"]
     number = {n: i for i, n in enumerate(nodes)}
-    weights = {(w.op, w.port): w for w in index.weights}
+    units, attached = _units(index, nodes)
     graph = nx.DiGraph()
-    for i, n in enumerate(nodes):
-        graph.add_node(i, label=_label(n, index, weights))
+    graph.add_nodes_from(range(len(nodes)))
     for i, n in enumerate(nodes):
         for port, value in enumerate(n.inputs):
             producer = value.producer() if value is not None else None
@@ -114,17 +177,29 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
                 j = number[producer]
                 old = graph.edges[j, i]["port"] + "," if graph.has_edge(j, i) else ""
                 graph.add_edge(j, i, port=old + str(port))
-    graph.add_node(SINK, label="SINK")
+    graph.add_node(SINK)
     for value in model.graph.outputs:
         if value.producer() in number:
             graph.add_edge(number[value.producer()], SINK, port="out")
 
+    # Shape arithmetic (Shape -> Gather -> Concat -> Reshape's shape input) and constant
+    # folding left undone are exporter noise: a node that holds no weights and whose every
+    # activation input (none at all, for constant computations) comes from such nodes is one.
+    shapes: set[int] = set()
+    for i, n in enumerate(nodes):
+        if n in units or n in attached:
+            continue
+        dynamic = [v for v in n.inputs if _is_dynamic(v, index.plumbing)]
+        if n.op_type in ("Shape", "Size") or all(
+                v.producer() in number and number[v.producer()] in shapes for v in dynamic):
+            shapes.add(i)
+
     ipdom = nx.immediate_dominators(graph.reverse(copy=False), SINK)
-    holders = [i for i, n in enumerate(nodes) if index.of(n) and i in ipdom]
-    orphans = [n for n in nodes if index.of(n) and number[n] not in ipdom]
+    holders = [number[op] for op in units if number[op] in ipdom]
+    orphans = [u for op, u in units.items() if number[op] not in ipdom]
     if not holders:
         return Structure(index, [], orphans)
-    chain = [holders[0]]
+    chain = [min(holders)]
     while chain[-1] != SINK:
         chain.append(ipdom[chain[-1]])
     position = {c: k for k, c in enumerate(chain)}
@@ -138,32 +213,86 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
         end = position[v] if v in position else owner[v]
         for u in path:
             owner[u] = end
-    members: dict[int, list[int]] = {k: [c] for k, c in enumerate(chain)}
+    members: dict[int, set[int]] = {k: {c} for k, c in enumerate(chain)}
     for v, k in owner.items():
-        members[k].append(v)
+        members[k].add(v)
+
+    def is_kept(v: int) -> bool:
+        node = nodes[v]
+        if node in units:
+            return True
+        if node in attached or node.op_type not in _MARKERS or v in shapes:
+            return False
+        return sum(_is_dynamic(x, index.plumbing) and number.get(x.producer(), -2) not in shapes
+                   for x in node.inputs) >= 2
 
     segments = []
-    for k, c in enumerate(chain[:-1] if chain[-1] == SINK else chain):
-        inside = set(members[k])
-        core = {v for v in inside if index.of(nodes[v])} | {c}
+    for k, c in enumerate(chain):
+        inside = members[k] - {SINK}
+        core = {v for v in inside if nodes[v] in units}
         if k > 0:
-            core |= {v for v in nx.descendants(graph.subgraph(inside | {chain[k - 1]}), chain[k - 1])}
-        sub = graph.subgraph(core)
-        token = nx.weisfeiler_lehman_graph_hash(sub, node_attr="label", edge_attr="port",
-                                                iterations=3)
-        order = nx.lexicographical_topological_sort(sub, key=lambda v: (graph.nodes[v]["label"], v))
-        ops = [nodes[v] for v in order if index.of(nodes[v])]
-        shapes = tuple(tuple(w.shape for w in index.of(op)) for op in ops)
-        segments.append(Segment(token, ops, shapes))
-    # The segment of the sink: heads and side branches that end at the outputs.
-    tail = [v for v in members.get(len(chain) - 1, []) if v != SINK and index.of(nodes[v])]
-    if chain[-1] == SINK and tail:
-        sub = graph.subgraph(tail)
-        token = nx.weisfeiler_lehman_graph_hash(sub, node_attr="label", edge_attr="port", iterations=3)
-        ops = [nodes[v] for v in nx.lexicographical_topological_sort(
-            sub, key=lambda v: (graph.nodes[v]["label"], v))]
-        segments.append(Segment(token, ops, tuple(tuple(w.shape for w in index.of(op)) for op in ops)))
+            reach = nx.descendants(graph.subgraph(inside | {chain[k - 1]}), chain[k - 1])
+            core |= reach - {SINK}
+        elif c != SINK:
+            core.add(c)
+        if not any(nodes[v] in units for v in core):
+            continue  # weight-free stretches are contracted into their neighbours
+        segments.append(_segment(graph, nodes, units, core - shapes, is_kept))
     return Structure(index, segments, orphans)
+
+
+def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept) -> Segment:
+    """Contract a segment's core into its skeleton, hash it, order its units canonically."""
+    kept = [v for v in sorted(core) if is_kept(v)]
+    skeleton = nx.DiGraph()
+    for v in kept:
+        node = nodes[v]
+        unit = units.get(node)
+        skeleton.add_node(v, label=unit.label if unit else f"join:{node.op_type}", unit=unit)
+    for v in kept:
+        stack, seen = [v], {v}
+        while stack:
+            u = stack.pop()
+            for w in graph.successors(u):
+                if w not in core or w in seen:
+                    continue
+                seen.add(w)
+                if w in skeleton:
+                    port = graph.edges[u, w]["port"]
+                    old = skeleton.edges[v, w]["port"] + ";" if skeleton.has_edge(v, w) else ""
+                    skeleton.add_edge(v, w, port=old + port)
+                else:
+                    stack.append(w)
+    token = nx.weisfeiler_lehman_graph_hash(skeleton, node_attr="label", edge_attr="port",
+                                            iterations=3)
+    hashes = nx.weisfeiler_lehman_subgraph_hashes(skeleton, node_attr="label", edge_attr="port",
+                                                  iterations=3)
+    order = nx.lexicographical_topological_sort(
+        skeleton, key=lambda v: (hashes[v][-1] if hashes[v] else skeleton.nodes[v]["label"], v))
+    ordered = [skeleton.nodes[v]["unit"] for v in order if skeleton.nodes[v]["unit"] is not None]
+    return Segment(token, skeleton, ordered)
+
+
+def correspondence(a: Segment, b: Segment) -> list[tuple[Unit, Unit]] | None:
+    """Pair the units of two segments with equal tokens through a skeleton isomorphism.
+
+    The canonical orders are tried first (cheap); DiGraphMatcher decides when they disagree.
+    None when the skeletons are not isomorphic (a hash collision, or unequal structure).
+    """
+    if len(a.units) != len(b.units):
+        return None
+    match = lambda x, y: x["label"] == y["label"]  # noqa: E731
+    edge = lambda x, y: x["port"] == y["port"]     # noqa: E731
+    matcher = DiGraphMatcher(a.skeleton, b.skeleton, node_match=match, edge_match=edge)
+    where_a = {id(n["unit"]): v for v, n in a.skeleton.nodes(data=True) if n["unit"] is not None}
+    where_b = {id(n["unit"]): v for v, n in b.skeleton.nodes(data=True) if n["unit"] is not None}
+    guess = {where_a[id(x)]: where_b[id(y)] for x, y in zip(a.units, b.units)}
+    for iso in matcher.isomorphisms_iter():
+        if all(iso[v] == w for v, w in guess.items()):
+            return list(zip(a.units, b.units))
+        units_b = {v: n["unit"] for v, n in b.skeleton.nodes(data=True)}
+        return [(x, units_b[iso[where_a[id(x)]]]) for x in a.units]
+    return None
 
 
 def encode(segments: list[Segment], vocabulary=frozenset()) -> list[Run]:
@@ -197,3 +326,16 @@ def encode(segments: list[Segment], vocabulary=frozenset()) -> list[Run]:
         runs.append(run)
         i += p * reps
     return runs
+
+
+def aligned_blocks(run: Run) -> list[list[Unit]]:
+    """The units of every block of `run`, each list ordered like the first block's."""
+    first = run.blocks[0]
+    out = [first.units]
+    for block in run.blocks[1:]:
+        units: list[Unit] = []
+        for seg0, seg in zip(first.segments, block.segments):
+            pairs = correspondence(seg0, seg)
+            units.extend(b for _, b in pairs) if pairs else units.extend(seg.units)
+        out.append(units)
+    return out

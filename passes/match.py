@@ -6,8 +6,9 @@ Rules:
    with a stage of 4, or of 1.
 2. Runs are aligned in order by their units (a longest common subsequence weighted by unit
    length); unaligned target runs keep their own init, unaligned source runs go unused.
-3. In aligned runs, the k-th weight-holding op of a block maps to the k-th of the other, port by
-   port; across the blocks of a run that gives a depth group (source layers -> target layers).
+3. In aligned runs, units pair up through an isomorphism of the blocks' skeletons
+   (DiGraphMatcher), weights pair up by kind; the same pair across the blocks of a run gives a
+   depth group (source layers -> target layers).
 4. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
    view ranks differ, or a fixed axis (vocabulary, class count) has different sizes.
 5. No mapped tensor at all is an error: the models share no structure.
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from frontc.errors import MatchError
 from frontc.pipeline import Pass, State
 from frontc.plan import Kept, Mapping, Plan, view_shape
-from frontc.structure import Run
+from frontc.structure import Run, aligned_blocks, correspondence
 from frontc.weights import Weight
 
 
@@ -59,23 +60,32 @@ def refusal(source: Weight, target: Weight) -> str | None:
 
 def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index) -> Plan:
     plan = Plan()
-    used: set[str] = set()
     for s_run, t_run in align(source_runs, target_runs):
-        for k, (s_op, t_op) in enumerate(zip(s_run.blocks[0].ops, t_run.blocks[0].ops)):
-            s_ports = {w.port: w for w in source_index.of(s_op)}
-            for t_weight in target_index.of(t_op):
-                targets = [{w.port: w for w in target_index.of(b.ops[k])}[t_weight.port]
-                           for b in t_run.blocks]
-                s_weight = s_ports.get(t_weight.port)
-                reason = ("the source op has no weight at this input" if s_weight is None
-                          else refusal(s_weight, t_weight))
-                if reason:
-                    plan.kept.extend(Kept(t, reason) for t in targets)
-                    continue
-                sources = [{w.port: w for w in source_index.of(b.ops[k])}[s_weight.port]
-                           for b in s_run.blocks]
-                plan.mappings.append(Mapping(targets, sources))
-                used.update(w.name for w in sources)
+        s_layers, t_layers = aligned_blocks(s_run), aligned_blocks(t_run)
+        position_s = {id(u): k for k, u in enumerate(s_layers[0])}
+        position_t = {id(u): k for k, u in enumerate(t_layers[0])}
+        for s_seg, t_seg in zip(s_run.blocks[0].segments, t_run.blocks[0].segments):
+            pairs = correspondence(s_seg, t_seg)
+            if pairs is None:
+                for t_unit in t_seg.units:
+                    kt = position_t[id(t_unit)]
+                    plan.kept.extend(Kept(w, "its block hashes like the source's but the graphs differ")
+                                     for layer in t_layers for w in layer[kt].weights)
+                continue
+            for s_unit, t_unit in pairs:
+                ks, kt = position_s[id(s_unit)], position_t[id(t_unit)]
+                s_slots = s_unit.slots()
+                for key, t_weight in t_unit.slots().items():
+                    targets = [layer[kt].slots()[key] for layer in t_layers]
+                    s_weight = s_slots.get(key)
+                    reason = (f"the source's {s_unit.op.op_type} has no {key[0]} (folded or absent)"
+                              if s_weight is None else refusal(s_weight, t_weight))
+                    if reason:
+                        plan.kept.extend(Kept(t, reason) for t in targets)
+                        continue
+                    sources = [layer[ks].slots()[key] for layer in s_layers]
+                    plan.mappings.append(Mapping(targets, sources))
+    used = {w.name for m in plan.mappings for w in m.sources}
     mapped = {w.name for m in plan.mappings for w in m.targets} | {k.weight.name for k in plan.kept}
     for w in target_index.weights:
         if w.name not in mapped:
