@@ -33,6 +33,10 @@ class Weight:
     shape: tuple[int, ...]     # canonical shape
     roles: tuple[str, ...]     # one role per canonical axis
     dtype: ir.DataType
+    # Set when the stored tensor is shared with another weight (exporters merge equal tensors,
+    # e.g. every LayerNorm scale of an untrained model): emit gives this one a tensor of its own
+    # by rewiring input `reader[1]` of node `reader[0]`.
+    reader: tuple[ir.Node, int] | None = None
 
     @property
     def tensor(self) -> ir.TensorProtocol:
@@ -145,7 +149,7 @@ def _roles(op: ir.Node, port: int, shape: tuple[int, ...]) -> tuple[str, tuple[i
 def index_weights(model: ir.Model) -> WeightIndex:
     """Find every weight of the main graph and derive its canonical layout and axis roles."""
     index = WeightIndex()
-    seen: dict[int, Weight] = {}
+    seen: dict[int, int] = {}   # id(holder) -> copies made so far
     for op in model.graph:
         if op.op_type in PLUMBING or op.op_type == "Constant":
             continue
@@ -161,13 +165,17 @@ def index_weights(model: ir.Model) -> WeightIndex:
             view_shape = tuple(stored_shape[p] for p in perm)
             slot, extra, roles = _roles(op, port, view_shape)
             perm = tuple(perm[p] for p in extra)
-            if id(holder) in seen:  # a tensor shared by several ops: the first consumer owns it
-                continue
-            weight = Weight(
-                name=holder.name if isinstance(holder, ir.Value) else holder.outputs[0].name,
-                holder=holder, op=op, port=port, slot=slot, perm=perm,
-                shape=tuple(stored_shape[p] for p in perm), roles=roles, dtype=tensor.dtype)
-            seen[id(holder)] = weight
+            name = holder.name if isinstance(holder, ir.Value) else holder.outputs[0].name
+            reader = None
+            if id(holder) in seen:  # shared: the first consumer owns it, the others get copies
+                seen[id(holder)] += 1
+                name = f"{name}__{seen[id(holder)]}"
+                readers = [(op, port)] + [(node, 0) for node in chain]
+                reader = readers[-2] if isinstance(holder, ir.Node) else readers[-1]
+            seen.setdefault(id(holder), 0)
+            weight = Weight(name=name, holder=holder, op=op, port=port, slot=slot, perm=perm,
+                            shape=tuple(stored_shape[p] for p in perm), roles=roles,
+                            dtype=tensor.dtype, reader=reader)
             index.weights.append(weight)
             index.by_op.setdefault(op, []).append(weight)
     _mark_heads(model, index)

@@ -3,7 +3,8 @@
 Rules:
 1. Each updated weight replaces its tensor in the target (initializer or Constant node) in the
    tensor's stored layout and dtype; the graph, inputs, outputs, opsets and every other tensor
-   stay as they were.
+   stay as they were. A tensor the exporter shared between several weights (equal values
+   merged) is split: each further weight gets an initializer of its own.
 2. Provenance goes into metadata_props: frontc.version, frontc.pipeline (every option spelled
    out), frontc.source_sha256 and frontc.coverage.
 3. The model is written to a temporary folder beside the output (external data past 2 GB),
@@ -28,7 +29,13 @@ def apply_updates(state: State) -> None:
     for name, values in state.updates.items():
         weight = weights[name]
         tensor = weight.store(values)
-        if isinstance(weight.holder, ir.Value):
+        if weight.reader is not None:  # a shared tensor: this weight gets its own initializer
+            value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                             const_value=tensor)
+            state.target.model.graph.register_initializer(value)
+            node, port = weight.reader
+            node.replace_input_with(port, value)
+        elif isinstance(weight.holder, ir.Value):
             weight.holder.const_value = tensor
         else:
             weight.holder.attributes["value"] = ir.AttrTensor("value", tensor)

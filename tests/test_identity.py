@@ -39,3 +39,20 @@ def test_identity_with_batchnorm_nodes(exported, tmp_path):
     x = tm.example_input(tm.CNN()).numpy()
     expected, got = run_onnx(source, x), run_onnx(tmp_path / "out.onnx", x)
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_target_with_merged_equal_tensors_gets_one_tensor_per_weight(tmp_path):
+    """An untrained legacy export shares one initializer among all equal tensors (every
+    LayerNorm scale is ones): each weight must still receive its own transferred values."""
+    import onnx_ir as ir
+    import torchmodels as tm
+
+    source = tm.export(tm.randomize(tm.ViT(depth=2), 1), tmp_path / "source.onnx")
+    target = tm.export(tm.ViT(depth=2).eval(), tmp_path / "target.onnx")     # untrained: merged
+    model = ir.load(target)
+    assert len(model.graph.initializers) < len(ir.load(source).graph.initializers)
+    state = frontc.transfer(source, target, tmp_path / "out.onnx")
+    assert state.plan.coverage == 1.0
+    x = tm.example_input(tm.ViT()).numpy()
+    expected, got = run_onnx(source, x), run_onnx(tmp_path / "out.onnx", x)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
