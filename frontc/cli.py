@@ -212,7 +212,8 @@ def inspect(model, as_json):
     console.print(f"[bold]{model}[/]: {info['weights']} weight tensors, {info['parameters']:,} parameters")
     for i, stage in enumerate(info["stages"]):
         ops = " ".join(stage["units_per_block"])
-        console.print(f"  stage {i}: {stage['blocks']} x [{ops}]")
+        first = " (the first differs)" if stage["first_block_differs"] else ""
+        console.print(f"  stage {i}: {stage['blocks']} x [{ops}]{first}")
     table = Table()
     for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view"):
         table.add_column(col)

@@ -36,16 +36,38 @@ def summary(state: State) -> dict:
             "unused_source_tensors": [w.name for w in plan.unused_sources]}
 
 
+def _opens_stage(first, run) -> bool:
+    """A one-block run opens the repeated run after it when it is one segment holding the same
+    units plus extra ones (a projection shortcut, a strided first block)."""
+    if first.count != 1 or len(first.unit) != 1 or len(run.unit) != 1 or run.count < 2:
+        return False
+    def kind(unit):  # the first block may be strided: compare op kinds and kernels only
+        return [p for p in unit.label.split("|") if not p.startswith(("strides", "pads"))]
+
+    labels = [kind(u) for u in first.blocks[0].units]
+    for label in (kind(u) for u in run.blocks[0].units):
+        if label not in labels:
+            return False
+        labels.remove(label)
+    return bool(labels)
+
+
 def describe(view: ModelView) -> dict:
-    """Stages (runs of blocks), depth groups and every weight with its axis roles."""
+    """Stages (a repeated run of blocks, with the block that opens it), depth groups, and every
+    weight with its axis roles. Single ops and blocks that repeat nowhere are stages of one."""
     from frontc.structure import aligned_blocks
 
+    runs = view.structure.runs()
     stages = []
-    for r in view.structure.runs():
+    for i, r in enumerate(runs):
+        if i + 1 < len(runs) and _opens_stage(r, runs[i + 1]):
+            continue
+        opened = i > 0 and _opens_stage(runs[i - 1], r)
         layers = aligned_blocks(r)
         groups = [[layer[k].slots()[key].name for layer in layers]
                   for k, unit in enumerate(layers[0]) for key in unit.slots()]
-        stages.append({"blocks": r.count, "units_per_block": [u.label.split("|")[0] for u in layers[0]],
+        stages.append({"blocks": r.count + opened, "first_block_differs": opened,
+                       "units_per_block": [u.label.split("|")[0] for u in layers[0]],
                        "depth_groups": groups if r.count > 1 else []})
     weights = [{"name": w.name, "op": w.op.op_type, "node": w.op.name, "input": w.port,
                 "kind": w.slot, "shape": list(w.shape), "roles": list(w.roles),

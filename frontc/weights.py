@@ -42,6 +42,8 @@ class Weight:
     def tensor(self) -> ir.TensorProtocol:
         if isinstance(self.holder, ir.Value):
             return self.holder.const_value
+        if self.holder.op_type == "ConstantOfShape":
+            return _placeholder(self.holder)
         return self.holder.attributes["value"].value
 
     def array(self) -> np.ndarray:
@@ -89,6 +91,11 @@ def _stored_tensor(value: ir.Value):
             holder, tensor = node, node.attributes["value"].value
             chain.append(node)
             break
+        if node.op_type == "ConstantOfShape" and node.inputs and node.inputs[0] is not None \
+                and node.inputs[0].const_value is not None:
+            holder, tensor = node, _placeholder(node)  # a weight made at run time (model zoo)
+            chain.append(node)
+            break
         if node.op_type not in PLUMBING or len(node.inputs) != 1 or node.inputs[0] is None:
             return None
         chain.append(node)
@@ -103,6 +110,13 @@ def _stored_tensor(value: ir.Value):
         return None
     rank = len(tensor.shape)
     return holder, tensor, perm if perm is not None else tuple(range(rank)), chain
+
+
+def _placeholder(node: ir.Node) -> ir.Tensor:
+    shape = tuple(int(d) for d in node.inputs[0].const_value.numpy())
+    fill = node.attributes.get("value")
+    fill = fill.value.numpy().reshape(-1)[0] if fill is not None else np.float32(0)
+    return ir.Tensor(np.full(shape, fill), name=node.outputs[0].name)
 
 
 def _attr(node: ir.Node, name: str, default):
@@ -167,11 +181,13 @@ def index_weights(model: ir.Model) -> WeightIndex:
             perm = tuple(perm[p] for p in extra)
             name = holder.name if isinstance(holder, ir.Value) else holder.outputs[0].name
             reader = None
+            readers = [(op, port)] + [(node, 0) for node in chain]
             if id(holder) in seen:  # shared: the first consumer owns it, the others get copies
                 seen[id(holder)] += 1
                 name = f"{name}__{seen[id(holder)]}"
-                readers = [(op, port)] + [(node, 0) for node in chain]
                 reader = readers[-2] if isinstance(holder, ir.Node) else readers[-1]
+            elif isinstance(holder, ir.Node) and holder.op_type == "ConstantOfShape":
+                reader = readers[-2]  # a run-time placeholder is replaced by an initializer
             seen.setdefault(id(holder), 0)
             weight = Weight(name=name, holder=holder, op=op, port=port, slot=slot, perm=perm,
                             shape=tuple(stored_shape[p] for p in perm), roles=roles,

@@ -29,12 +29,19 @@ def apply_updates(state: State) -> None:
     for name, values in state.updates.items():
         weight = weights[name]
         tensor = weight.store(values)
-        if weight.reader is not None:  # a shared tensor: this weight gets its own initializer
-            value = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
-                             const_value=tensor)
-            state.target.model.graph.register_initializer(value)
+        if weight.reader is not None:  # shared or placeholder: the weight gets its own initializer
+            graph = state.target.model.graph
             node, port = weight.reader
+            value = ir.Value(name=name, shape=ir.Shape(tensor.shape),
+                             type=ir.TensorType(tensor.dtype), const_value=tensor)
+            old = node.inputs[port]
             node.replace_input_with(port, value)
+            if isinstance(weight.holder, ir.Node) and not weight.holder.outputs[0].uses():
+                graph.remove(weight.holder, safe=True)  # the ConstantOfShape left dangling
+                old.name = None
+            graph.register_initializer(value)
+            if state.target.model.ir_version < 4:  # IR 3 lists every initializer as an input
+                graph.inputs.append(value)
         elif isinstance(weight.holder, ir.Value):
             weight.holder.const_value = tensor
         else:
