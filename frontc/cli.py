@@ -233,3 +233,34 @@ def list_passes():
             choices = f.metadata.get("choices")
             extra = f" (one of {', '.join(choices)})" if choices else ""
             click.echo(f"    {f.name}={f.default}{extra}  {f.metadata.get('help', '')}")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the weights: a .safetensors or .npz file.")
+@click.option("--layout", type=click.Choice(["auto", "torch", "keras", "flax", "sklearn", "paddle", "onnx"]),
+              default="auto", show_default=True,
+              help="Array layout: the framework that wrote MODEL (auto), a named one, or as stored.")
+@click.option("--names", type=click.Choice(["auto", "onnx"]), default="auto", show_default=True,
+              help="Keys: the framework's names where MODEL records them (auto), or ONNX tensor names.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def weights(model, output, layout, names, quiet):
+    """Write MODEL's weights (e.g. frontc's output) for loading back into a framework.
+
+    Keys are the framework's names where the file records them (PyTorch parameter paths, Keras
+    layer/kernel, scikit-learn coefs_.K); the exporter's layout changes are undone (MatMul
+    weights back to [out, in] for PyTorch, conv kernels to [*kernel, in, out] for Keras/Flax).
+    docs/frameworks.md has the loading recipes.
+
+    \b
+    Example:
+      frontc weights small_init.onnx -o small_init.safetensors
+      frontc weights small_init.onnx -o small_init.npz --layout keras
+    """
+    from frontc.frameworks import save_weights
+
+    found = save_weights(model, output, layout=layout, naming=names)
+    if not quiet:
+        click.echo(f"wrote {output}: {len(found.arrays)} tensors ({found.parameters:,} parameters) "
+                   f"from a {found.framework} export, {found.layout} layout")
