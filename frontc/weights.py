@@ -218,3 +218,89 @@ def _mark_heads(model: ir.Model, index: WeightIndex) -> None:
         if weights and any(w.slot != "linear.bias" for w in weights):
             continue  # another weight op ends the walk: no head on this path
         frontier.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+
+
+@dataclass
+class FoldedWeight:
+    """A conv weight or bias with the BatchNorm after it folded in, read like a Weight.
+
+    Used when the source keeps BatchNormalization nodes and the target's exporter folded them:
+    W' = W * s and b' = beta + (b - mean) * s per output channel, s = gamma / sqrt(var + eps).
+    """
+
+    conv: Weight
+    bias: Weight | None
+    bn: dict[str, Weight]
+    eps: float
+    part: str  # "conv.weight" or "conv.bias"
+
+    def __getattr__(self, name):  # op, port, roles, dtype, ... as the conv weight has them
+        return getattr(self.conv if self.part == "conv.weight" or self.bias is None else self.bias, name)
+
+    @property
+    def slot(self) -> str:
+        return self.part
+
+    @property
+    def name(self) -> str:
+        if self.part == "conv.weight":
+            return f"{self.conv.name}*{self.bn['bn.scale'].name}"
+        return f"{self.bn['bn.bias'].name}+{(self.bias or self.conv).name}*{self.bn['bn.scale'].name}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.conv.shape if self.part == "conv.weight" else (self.conv.shape[0],)
+
+    def array(self) -> np.ndarray:
+        scale = self.bn["bn.scale"].array() / np.sqrt(self.bn["bn.var"].array() + self.eps)
+        if self.part == "conv.weight":
+            return self.conv.array() * scale.reshape((-1,) + (1,) * (len(self.conv.shape) - 1))
+        bias = self.bias.array() if self.bias is not None else 0.0
+        return self.bn["bn.bias"].array() + (bias - self.bn["bn.mean"].array()) * scale
+
+
+def fold_batchnorm(slots: dict) -> dict:
+    """Slots of a conv unit with its BatchNorm folded into conv.weight and conv.bias."""
+    bn = {k[0]: w for k, w in slots.items() if k[0].startswith("bn.")}
+    conv = slots.get(("conv.weight", 0))
+    if conv is None or set(bn) != {"bn.scale", "bn.bias", "bn.mean", "bn.var"}:
+        return slots
+    eps = _attr(bn["bn.scale"].op, "epsilon", 1e-5)
+    bias = slots.get(("conv.bias", 0))
+    return {("conv.weight", 0): FoldedWeight(conv, bias, bn, eps, "conv.weight"),
+            ("conv.bias", 0): FoldedWeight(conv, bias, bn, eps, "conv.bias")}
+
+
+@dataclass
+class StandIn:
+    """A source weight seen as another kind (`slot`), or holding one `value` everywhere (a
+    constant standardizes to zero and comes back as that value at any size)."""
+
+    like: Weight
+    slot: str
+    value: float | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.like, name)
+
+    @property
+    def name(self) -> str:
+        return self.like.name if self.value is None else f"{self.slot}={self.value:g}"
+
+    def array(self) -> np.ndarray:
+        return self.like.array() if self.value is None else np.full(self.like.shape, self.value)
+
+
+def unfold_batchnorm(source: dict, target: dict) -> dict:
+    """Source slots for a target conv+BatchNorm unit whose source counterpart was folded: the
+    target BatchNorm becomes the identity plus the source's bias (mean 0, var 1 - eps, scale 1,
+    bias = the source conv's bias), so the pair computes what the source computes."""
+    conv, bias = source.get(("conv.weight", 0)), source.get(("conv.bias", 0))
+    scale = target.get(("bn.scale", 0))
+    if conv is None or bias is None or scale is None or ("conv.bias", 0) in target:
+        return source
+    eps = _attr(scale.op, "epsilon", 1e-5)
+    return {("conv.weight", 0): conv, ("bn.bias", 0): StandIn(bias, "bn.bias"),
+            ("bn.scale", 0): StandIn(bias, "bn.scale", 1.0),
+            ("bn.mean", 0): StandIn(bias, "bn.mean", 0.0),
+            ("bn.var", 0): StandIn(bias, "bn.var", 1.0 - eps)}

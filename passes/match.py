@@ -9,9 +9,12 @@ Rules:
 3. In aligned runs, units pair up through an isomorphism of the blocks' skeletons
    (DiGraphMatcher), weights pair up by kind; the same pair across the blocks of a run gives a
    depth group (source layers -> target layers).
-4. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
+4. When the source keeps BatchNormalization after a conv and the target's exporter folded it,
+   the source's BatchNorm is folded into its conv weight and bias first; in the opposite case
+   the target's BatchNorm is set to pass the source's conv bias through (exact either way).
+5. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
    view ranks differ, or a fixed axis (vocabulary, class count) has different sizes.
-5. No mapped tensor at all is an error: the models share no structure.
+6. No mapped tensor at all is an error: the models share no structure.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from frontc.errors import MatchError
 from frontc.pipeline import Pass, State
 from frontc.plan import Kept, Mapping, Plan, view_shape
 from frontc.structure import Run, aligned_blocks, correspondence
-from frontc.weights import Weight
+from frontc.weights import Weight, fold_batchnorm, unfold_batchnorm
 
 
 def align(source: list[Run], target: list[Run]) -> list[tuple[Run, Run]]:
@@ -58,6 +61,10 @@ def refusal(source: Weight, target: Weight) -> str | None:
     return None
 
 
+def has_bn(unit) -> bool:
+    return any(kind.startswith("bn.") for kind, _ in unit.slots())
+
+
 def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index) -> Plan:
     plan = Plan()
     for s_run, t_run in align(source_runs, target_runs):
@@ -74,7 +81,14 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
                 continue
             for s_unit, t_unit in pairs:
                 ks, kt = position_s[id(s_unit)], position_t[id(t_unit)]
-                s_slots = s_unit.slots()
+                t_slots = t_unit.slots()
+                if has_bn(s_unit) and not has_bn(t_unit):
+                    source_slots = lambda u: fold_batchnorm(u.slots())  # noqa: E731
+                elif has_bn(t_unit) and not has_bn(s_unit):
+                    source_slots = lambda u: unfold_batchnorm(u.slots(), t_slots)  # noqa: E731
+                else:
+                    source_slots = lambda u: u.slots()  # noqa: E731
+                s_slots = source_slots(s_unit)
                 for key, t_weight in t_unit.slots().items():
                     targets = [layer[kt].slots()[key] for layer in t_layers]
                     s_weight = s_slots.get(key)
@@ -83,7 +97,7 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
                     if reason:
                         plan.kept.extend(Kept(t, reason) for t in targets)
                         continue
-                    sources = [layer[ks].slots()[key] for layer in s_layers]
+                    sources = [source_slots(layer[ks])[key] for layer in s_layers]
                     plan.mappings.append(Mapping(targets, sources))
     used = {w.name for m in plan.mappings for w in m.sources}
     mapped = {w.name for m in plan.mappings for w in m.targets} | {k.weight.name for k in plan.kept}
