@@ -72,6 +72,11 @@ def producer(model: ir.Model) -> str:
         return "paddle"
     if any(k.startswith("pkg.torch") for n in model.graph for k in n.metadata_props):
         return "torch"
+    # paddle2onnx 2.x leaves producer_name empty; Paddle's parameter names give it away
+    names = list(model.graph.initializers) + [n.outputs[0].name for n in model.graph
+                                              if n.op_type == "Constant" and n.outputs]
+    if any(_PADDLE_NAME.search(n or "") for n in names):
+        return "paddle"
     return "onnx"
 
 
@@ -83,6 +88,15 @@ def _is_depthwise(w: Weight) -> bool:
     group = w.op.attributes.get("group")
     return (w.slot == "conv.weight" and group is not None and group.value > 1
             and w.shape[1] == 1 and "depthwise" in w.name.lower())
+
+
+def _is_bias_add(w: Weight) -> bool:
+    """A per-channel vector added to a linear or conv output (a bias the exporter split off)."""
+    if w.slot.endswith(".bias"):
+        return True
+    return w.op.op_type == "Add" and any(
+        v is not None and v.producer() is not None
+        and v.producer().op_type in ("MatMul", "Gemm", "Conv", "ConvTranspose") for v in w.op.inputs)
 
 
 def to_layout(w: Weight, layout: str, canonical: np.ndarray | None = None) -> np.ndarray:
@@ -106,9 +120,9 @@ def to_layout(w: Weight, layout: str, canonical: np.ndarray | None = None) -> np
             a = np.transpose(a, kernel + (0, 1))
         else:                                                     # [out, in, *k] -> [*k, in, out]
             a = np.transpose(a, kernel + (1, 0))
-    elif layout in ("keras", "flax", "sklearn") and w.slot.endswith((".bias", ".vector")) \
-            and sum(d > 1 for d in a.shape) == 1 and a.ndim > 1:
-        a = a.reshape(-1)                                         # [1, out] intercepts -> [out]
+    elif layout in ("keras", "flax", "sklearn", "paddle") and _is_bias_add(w) and a.ndim > 1 \
+            and sum(d > 1 for d in a.shape) == 1:
+        a = a.reshape(-1)                       # [1, out] intercepts, [1, C, 1, 1] conv biases
     return np.ascontiguousarray(a.astype(dtype))
 
 
@@ -126,6 +140,7 @@ _KERAS_ROLE = {"linear.weight": "kernel", "linear.bias": "bias", "conv.weight": 
                "bn.var": "moving_variance", "embedding.table": "embeddings"}
 _GENERATED = re.compile(r"^(onnx::|val_\d+$|_?v_?\d+$|const_\d+$|/)|::|__\d+$")
 _PARAM_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[\w]+)*$")
+_PADDLE_NAME = re.compile(r"^[a-z][a-z0-9_]*_\d+\.(w|b)_\d+$|^p2o\.")
 
 
 def _holder_name(w: Weight) -> str:
