@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -14,32 +15,69 @@ from frontc.errors import FrontcError
 from frontc.pipeline import DEFAULT_PIPELINE, REGISTRY, Pipeline, State, lookup
 from frontc.report import describe, plan_rows, summary
 
-EXIT_CODES = "Exit codes: 0 done, 1 pipeline failure, 2 bad usage or bad input."
+EXIT_CODES = ("Exit codes: 0 done, 1 pipeline failure, 2 bad usage or bad input, "
+              "130/143 interrupted (SIGINT/SIGTERM).")
 _debug = False
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) turned into an exception, so that `with` blocks clean up as they do
+    on Ctrl-C: the temporary output folder is removed and nothing partial is left."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    raise Interrupted(signum)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
 
 
 class Command(click.Group):
     """Turns frontc errors into one clear line and an exit code (a traceback only with --debug)."""
 
     def invoke(self, ctx):
+        previous = {}
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            try:
+                previous[signum] = signal.signal(signum, _interrupt)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         try:
             return super().invoke(ctx)
         except FrontcError as err:
             if _debug:
                 traceback.print_exc()
-            click.echo(f"frontc: error: {err}", err=True)
+            click.echo(f"frontc: error: {_one_line(err)}", err=True)
             sys.exit(err.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
-            click.echo("frontc: interrupted; no output was written", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as err:
+            if _debug:
+                traceback.print_exc()
+            signum = getattr(err, "signum", signal.SIGINT)
+            click.echo(f"frontc: interrupted ({signal.Signals(signum).name}); no partial output "
+                       f"or temporary files were left", err=True)
+            sys.exit(128 + signum)
         except Exception as err:  # a bug: say so, keep the details for --debug
             if _debug:
                 traceback.print_exc()
-            click.echo(f"frontc: internal error: {type(err).__name__}: {err} "
+            click.echo(f"frontc: internal error: {type(err).__name__}: {_one_line(err)} "
                        f"(run with --debug for the traceback and report it)", err=True)
             sys.exit(1)
+        finally:
+            for signum, handler in previous.items():
+                try:
+                    signal.signal(signum, handler)
+                except (ValueError, TypeError):
+                    pass
 
 
 @click.group(cls=Command, epilog=EXIT_CODES)
@@ -105,9 +143,12 @@ def _options(**kw):
               help="Fail (exit 1, nothing written) if fewer target tensors than this are mapped.")
 @click.option("--no-validate", is_flag=True,
               help="Skip onnx.checker and the onnxruntime test run of the output.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Treat NaN/Inf source weights as missing (the tensor's finite mean) instead of "
+                   "refusing them (exit 2).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, report,
-             min_coverage, no_validate, quiet):
+             min_coverage, no_validate, allow_nonfinite, quiet):
     """Write TARGET initialized from SOURCE's learngene to OUTPUT.
 
     TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
@@ -125,7 +166,8 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
 
     modelio.refuse_overwriting_inputs(output, [source, target])
     passes = parse(pipeline, _options(convention=convention, keep_ratio=keep_ratio,
-                                      depth_mode=depth_mode, seed=seed))
+                                      depth_mode=depth_mode, seed=seed,
+                                      allow_nonfinite=True if allow_nonfinite else None))
     state = State(source, target, output, validate=not no_validate)
     split = next((i for i, p in enumerate(passes) if p.name == "match"), None)
     with progress_bars(not quiet) as progress:

@@ -1,6 +1,14 @@
-"""Checks on a written model: onnx.checker, then one onnxruntime run with finite outputs."""
+"""Checks on a written model: onnx.checker, then one onnxruntime run with finite outputs.
+
+Models in float16 or bfloat16 that this onnxruntime build has no kernels for (bfloat16 on CPU,
+mostly) are run as their float32 twin instead: the same graph and weights with every float16 /
+bfloat16 tensor, type and cast widened to float32. frontc never changes op types or dtypes, so
+a missing kernel is the target's, not frontc's; the twin still proves that the new weights run
+and give finite outputs.
+"""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +17,24 @@ import onnx
 from frontc.errors import PipelineError
 
 SYMBOLIC_DIM = 1  # the size given to symbolic dimensions (batch, sequence) of the test input
+MAX_TEST_VALUES = 1 << 28  # a test input larger than this (1 GiB of float32) is refused
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-          "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+          "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+          "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64}
+try:  # bfloat16 arrays come from ml_dtypes (a dependency of onnx and onnx_ir)
+    import ml_dtypes
+
+    _NUMPY["tensor(bfloat16)"] = ml_dtypes.bfloat16
+except ImportError:  # pragma: no cover
+    ml_dtypes = None
+
+_HALF = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+
+
+def _is_float(dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or (ml_dtypes is not None and dtype == ml_dtypes.bfloat16)
 
 
 def example_inputs(session) -> dict[str, np.ndarray]:
@@ -20,11 +42,15 @@ def example_inputs(session) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     feeds = {}
     for arg in session.get_inputs():
-        shape = [d if isinstance(d, int) and d > 0 else SYMBOLIC_DIM for d in arg.shape]
+        shape = [d if isinstance(d, int) and d >= 0 else SYMBOLIC_DIM for d in arg.shape]
         dtype = _NUMPY.get(arg.type)
         if dtype is None:
-            raise PipelineError(f"cannot build a test input of type {arg.type} for '{arg.name}'")
-        if np.issubdtype(dtype, np.floating):
+            raise PipelineError(f"cannot build a test input of type {arg.type} for '{arg.name}' "
+                                f"(run with --no-validate to skip the test run)")
+        if math.prod(shape) > MAX_TEST_VALUES:
+            raise PipelineError(f"the test input '{arg.name}' would hold {math.prod(shape):,} values "
+                                f"(declared shape {shape}); run with --no-validate to skip the test run")
+        if _is_float(dtype):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
             feeds[arg.name] = np.ones(shape, dtype=dtype)
@@ -33,12 +59,80 @@ def example_inputs(session) -> dict[str, np.ndarray]:
     return feeds
 
 
-def session(path: Path):
+def session(path: Path | bytes):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 4  # errors come back as exceptions; ORT's own log would add lines
+    source = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _unsupported(err: Exception) -> bool:
+    """True when onnxruntime refused the model for a kernel or a float16/bfloat16 type it lacks."""
+    text = str(err)
+    return (type(err).__name__ == "NotImplemented" or "NOT_IMPLEMENTED" in text
+            or "tensor(bfloat16)" in text or "tensor(float16)" in text)
+
+
+def _widen_tensor(t: onnx.TensorProto) -> None:
+    if t.data_type in _HALF:
+        from onnx import numpy_helper
+
+        values = numpy_helper.to_array(t).astype(np.float32)
+        widened = numpy_helper.from_array(values, t.name)
+        t.Clear()
+        t.CopyFrom(widened)
+
+
+def _widen_graph(graph: onnx.GraphProto) -> None:
+    for t in graph.initializer:
+        _widen_tensor(t)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type in _HALF:
+            vi.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                _widen_tensor(attr.t)
+            elif attr.type == onnx.AttributeProto.INT and attr.name in ("to", "dtype", "output_dtype") \
+                    and attr.i in _HALF:
+                attr.i = onnx.TensorProto.FLOAT
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _widen_graph(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _widen_graph(g)
+
+
+def float32_twin(path: Path) -> onnx.ModelProto | None:
+    """`path`'s model with float16/bfloat16 widened to float32, or None if it has neither."""
+    model = onnx.load(str(path))
+    before = model.SerializeToString()
+    _widen_graph(model.graph)
+    return None if model.SerializeToString() == before else model
+
+
+def _open(path: Path):
+    """An onnxruntime session for `path`, or for its float32 twin when the runtime lacks kernels."""
+    try:
+        return session(path)
+    except Exception as err:
+        if not _unsupported(err):
+            raise PipelineError(f"onnxruntime cannot run the written model: {err}") from None
+        first = err
+    twin = float32_twin(path)
+    if twin is None:
+        raise PipelineError(f"onnxruntime cannot run the written model: {first}")
+    try:
+        if twin.ByteSize() < (1 << 31) - (1 << 24):
+            return session(twin.SerializeToString())
+        twin_path = path.with_name(".float32_twin.onnx")
+        onnx.save(twin, str(twin_path), save_as_external_data=True, location=twin_path.name + ".data")
+        return session(twin_path)
+    except Exception:
+        raise PipelineError(f"onnxruntime cannot run the written model (nor its float32 twin): "
+                            f"{first}") from None
 
 
 def check_model(path: Path) -> None:
@@ -47,8 +141,8 @@ def check_model(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except Exception as err:
         raise PipelineError(f"the written model fails onnx.checker: {err}") from None
+    sess = _open(Path(path))
     try:
-        sess = session(path)
         outputs = sess.run(None, example_inputs(sess))
     except PipelineError:
         raise
@@ -56,6 +150,6 @@ def check_model(path: Path) -> None:
         raise PipelineError(f"onnxruntime cannot run the written model: {err}") from None
     for meta, out in zip(sess.get_outputs(), outputs):
         out = np.asarray(out)
-        if np.issubdtype(out.dtype, np.floating) and not np.all(np.isfinite(out)):
+        if _is_float(out.dtype) and not np.all(np.isfinite(out.astype(np.float64))):
             raise PipelineError(f"the written model's output '{meta.name}' is not finite on a "
                                 f"test input (NaN or Inf)")
