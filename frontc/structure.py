@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import networkx as nx
+import onnx
 import onnx_ir as ir
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
@@ -100,12 +101,29 @@ class Structure:
         return encode(self.segments, vocabulary)
 
 
+def _default(node: ir.Node, name: str):
+    """The schema default of an attribute, so that `axis=0` written out equals it left out."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=99, domain=node.domain)
+        attr = schema.attributes[name].default_value
+        return onnx.helper.get_attribute_value(attr) if attr.type else None
+    except Exception:  # unknown op or attribute: no default to compare against
+        return None
+
+
 def _attrs(node: ir.Node) -> list[str]:
     out = []
     for name in ("kernel_shape", "strides", "dilations", "axis", "perm"):
         attr = node.attributes.get(name)
-        if attr is not None:
-            out.append(f"{name}={tuple(attr.value) if isinstance(attr.value, (list, tuple)) else attr.value}")
+        if attr is None:
+            continue
+        value = tuple(attr.value) if isinstance(attr.value, (list, tuple)) else attr.value
+        default = _default(node, name)
+        if value == (tuple(default) if isinstance(default, list) else default):
+            continue
+        if name in ("strides", "dilations") and set(value) == {1}:
+            continue
+        out.append(f"{name}={value}")
     return out
 
 

@@ -1,7 +1,7 @@
 """The parameter view: every weight tensor of a model with its canonical layout and axis roles.
 
 A weight is a float tensor with more than one element, stored as an initializer or a Constant
-node, and reaching an op either directly or through Identity / Cast / Transpose nodes
+node, and reaching an op either directly or through Identity / Cast / Transpose / Expand nodes
 ("plumbing"). Its *canonical* layout is PyTorch's: linear weights `[out, in]`, conv weights
 `[out, in/groups, *kernel]`. The op that consumes it decides the axis roles; names never do.
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-PLUMBING = {"Identity", "Cast", "Transpose"}
+PLUMBING = {"Identity", "Cast", "Transpose"}  # and Expand of a weight (see _stored_tensor)
 FIXED_ROLES = {"vocab", "class"}
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
@@ -96,7 +96,9 @@ def _stored_tensor(value: ir.Value):
             holder, tensor = node, _placeholder(node)  # a weight made at run time (model zoo)
             chain.append(node)
             break
-        if node.op_type not in PLUMBING or len(node.inputs) != 1 or node.inputs[0] is None:
+        # Expand only broadcasts a weight (a class token over the batch): it is plumbing too.
+        single = len(node.inputs) == 1 or node.op_type == "Expand"
+        if node.op_type not in PLUMBING | {"Expand"} or not single or node.inputs[0] is None:
             return None
         chain.append(node)
         if node.op_type == "Transpose":
@@ -110,6 +112,26 @@ def _stored_tensor(value: ir.Value):
         return None
     rank = len(tensor.shape)
     return holder, tensor, perm if perm is not None else tuple(range(rank)), chain
+
+
+def _is_attention_mask(op: ir.Node, port: int) -> bool:
+    """A constant added to (or selected into) attention scores is a mask an exporter folded,
+    not a parameter: its other operand comes from a MatMul of two activations, possibly
+    scaled on the way."""
+    if op.op_type not in ("Add", "Sub", "Where"):
+        return False
+    for i, value in enumerate(op.inputs):
+        for _ in range(3):
+            node = value.producer() if i != port and value is not None else None
+            if node is None:
+                break
+            if node.op_type == "MatMul":
+                return all(v is not None and _stored_tensor(v) is None and v.producer() is not None
+                           and v.producer().op_type != "Constant" for v in node.inputs)
+            if node.op_type not in ("Div", "Mul") or not node.inputs:
+                break
+            value = node.inputs[0]
+    return False
 
 
 def _placeholder(node: ir.Node) -> ir.Tensor:
@@ -165,7 +187,8 @@ def index_weights(model: ir.Model) -> WeightIndex:
     index = WeightIndex()
     seen: dict[int, int] = {}   # id(holder) -> copies made so far
     for op in model.graph:
-        if op.op_type in PLUMBING or op.op_type == "Constant":
+        if op.op_type in PLUMBING or op.op_type == "Constant" or (
+                op.op_type == "Expand" and _stored_tensor(op.inputs[0]) is not None):
             continue
         for port, value in enumerate(op.inputs):
             if value is None:
@@ -174,6 +197,8 @@ def index_weights(model: ir.Model) -> WeightIndex:
             if found is None:
                 continue
             holder, tensor, perm, chain = found
+            if _is_attention_mask(op, port):
+                continue
             index.plumbing.update(chain)
             stored_shape = tuple(int(d) for d in tensor.shape)
             view_shape = tuple(stored_shape[p] for p in perm)
