@@ -1,0 +1,151 @@
+"""Nothing lost: an interrupted run (SIGINT or SIGTERM while the output is being written) leaves
+neither a partial output nor a temporary folder; an existing output is replaced whole or not at
+all; inputs are byte-identical afterwards."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from frontc import modelio
+from helpers import digest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wide_mlp(width, depth, seed) -> onnx.ModelProto:
+    """A plain Gemm/Relu chain, wide enough that writing and validating it takes a moment."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, h = [], [], "x"
+    for i in range(depth):
+        inits += [numpy_helper.from_array(rng.standard_normal((width, width), np.float32) * 0.02, f"w{i}"),
+                  numpy_helper.from_array(rng.standard_normal(width, np.float32) * 0.02, f"b{i}")]
+        nodes += [helper.make_node("Gemm", [h, f"w{i}", f"b{i}"], [f"g{i}"], transB=1),
+                  helper.make_node("Relu", [f"g{i}"], [f"r{i}"])]
+        h = f"r{i}"
+    inits.append(numpy_helper.from_array(rng.standard_normal((4, width), np.float32) * 0.02, "head"))
+    nodes.append(helper.make_node("Gemm", [h, "head"], ["y"], transB=1))
+    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.fixture(scope="module")
+def big_pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("big")
+    source, target = folder / "source.onnx", folder / "target.onnx"
+    onnx.save(wide_mlp(1536, 4, 1), str(source))     # 38 MB
+    onnx.save(wide_mlp(1536, 3, 2), str(target))     # 28 MB: the output's size
+    return source, target
+
+
+def temp_folders(folder: Path, name: str) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def interrupt_mid_write(args, out: Path, signum: int, prelude: str = "") -> subprocess.CompletedProcess:
+    """Start `frontc transfer`, wait for its temporary output folder to appear, send `signum`."""
+    code = f"{prelude}\nfrom frontc.cli import main\nmain()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "transfer", *map(str, args), "-o", str(out), "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if temp_folders(out.parent, out.name):
+            proc.send_signal(signum)
+            break
+        time.sleep(0.002)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize("signum,existing,external", [
+    (signal.SIGINT, False, False),
+    (signal.SIGTERM, True, False),
+    (signal.SIGTERM, True, True),
+])
+def test_interrupt_during_the_write_leaves_nothing_partial(big_pair, tmp_path, signum, existing, external):
+    source, target = big_pair
+    hashes = digest(source), digest(target)
+    out = tmp_path / "out.onnx"
+    if existing:
+        out.write_bytes(b"the previous output")
+        (tmp_path / "out.onnx.data").write_bytes(b"its external data")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    # external: pretend the weights pass 2 GB, so the output goes to out.onnx + out.onnx.data.
+    prelude = "import frontc.modelio as m; m.PROTOBUF_LIMIT = 1000" if external else ""
+    result = interrupt_mid_write([source, target], out, signum, prelude)
+    assert temp_folders(tmp_path, "out.onnx") == []                   # no temp folder left
+    assert (digest(source), digest(target)) == hashes                  # inputs untouched
+    if result.returncode == 0:
+        pytest.skip("the run finished before the signal arrived (machine too fast)")
+    assert result.returncode == 128 + signum, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in result.stderr
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if after != before:   # the signal landed after the rename: the new output is whole
+        assert set(after) >= {"out.onnx"}
+        modelio.load(out, "output")
+        onnx.checker.check_model(str(out))
+    else:
+        assert after == before                       # the previous output, byte for byte
+
+
+def test_sigterm_before_the_write_exits_143_and_writes_nothing(big_pair, tmp_path):
+    source, target = big_pair
+    out = tmp_path / "out.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "frontc", "transfer", str(source), str(target),
+                             "-o", str(out), "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT)
+    time.sleep(1.0)   # imports and loading: well before any output exists
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode in (143, -signal.SIGTERM), stderr   # -15: still importing Python modules
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_on_keyboard_interrupt(tmp_path):
+    final = tmp_path / "model.onnx"
+    final.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with modelio.AtomicOutput(final) as tmp:
+            tmp.write_bytes(b"new, half written")
+            (tmp.parent / "model.onnx.data").write_bytes(b"sidecar")
+            raise KeyboardInterrupt
+    assert final.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_atomic_output_replaces_whole(tmp_path):
+    final = tmp_path / "model.onnx"
+    final.write_bytes(b"old")
+    with modelio.AtomicOutput(final) as tmp:
+        tmp.write_bytes(b"new")
+        assert final.read_bytes() == b"old"          # untouched until the rename
+    assert final.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_atomic_output_when_the_rename_fails(tmp_path, monkeypatch):
+    final = tmp_path / "model.onnx"
+    final.write_bytes(b"old")
+
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        with modelio.AtomicOutput(final) as tmp:
+            tmp.write_bytes(b"new")
+            monkeypatch.setattr(os, "replace", refuse)
+    monkeypatch.undo()
+    assert final.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
