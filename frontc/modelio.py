@@ -549,5 +549,10 @@ def save(model: ir.Model, path: Path) -> None:
     """Save `model` to `path`; tensors go to `<name>.data` when the file would pass 2 GB."""
     if tensor_bytes(model) > PROTOBUF_LIMIT:
         ir.save(model, path, external_data=path.name + ".data")
-    else:
-        ir.save(model, path)
+        return
+    # Tensors still in the input's external data file would be saved as references relative to
+    # the new file: read them in, so the output stands on its own.
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            value.const_value = ir.Tensor(value.const_value.numpy(), name=value.name)
+    ir.save(model, path)
