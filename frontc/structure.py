@@ -14,7 +14,8 @@
    Side inputs that post-dominate late (attention masks) stay out: only what is reachable from
    the previous backbone node, and the units, form the skeleton.
 4. Runs: consecutive repeats of a unit of segments with equal tokens and equal weight shapes are
-   one run of blocks (a stage). Each repeat is verified with networkx's DiGraphMatcher, which
+   one run of blocks (a stage); when the same repeats also fit one segment later, the block
+   starts there (a post-LN transformer's embedding LayerNorm is not part of its first layer). Each repeat is verified with networkx's DiGraphMatcher, which
    also fixes the order of units inside a block; the same role across the blocks of a run is a
    depth group.
 """
@@ -324,6 +325,13 @@ def encode(segments: list[Segment], vocabulary=frozenset()) -> list[Run]:
     tokens = [s.token for s in segments]
     lengths = {len(u) for u in vocabulary}
     n = len(segments)
+
+    def repeats(i: int, p: int) -> int:
+        reps = 1
+        while i + (reps + 1) * p <= n and keys[i + reps * p:i + (reps + 1) * p] == keys[i:i + p]:
+            reps += 1
+        return reps
+
     runs: list[Run] = []
     i = 0
     while i < n:
@@ -332,12 +340,12 @@ def encode(segments: list[Segment], vocabulary=frozenset()) -> list[Run]:
             known = p in lengths and tuple(tokens[i:i + p]) in vocabulary
             if not known and (i + 2 * p > n or keys[i + p] != keys[i]):
                 continue
-            reps = 1
-            while i + (reps + 1) * p <= n and keys[i + reps * p:i + (reps + 1) * p] == keys[i:i + p]:
-                reps += 1
+            reps = repeats(i, p)
             if (reps >= 2 or known) and p * reps > best[0] * best[1]:
                 best = (p, reps)
         p, reps = best
+        if p > 1 and reps > 1 and repeats(i + 1, p) >= reps:
+            p, reps = 1, 1  # the same blocks start one segment later: this one opens nothing
         run = Run(tuple(tokens[i:i + p]))
         for r in range(reps):
             run.blocks.append(Block(segments[i + r * p:i + (r + 1) * p]))
