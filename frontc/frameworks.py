@@ -394,7 +394,38 @@ def pair_weights(exported: str | os.PathLike, initialized: str | os.PathLike):
     for w in exp.index.weights:
         if w.name not in paired and w.name not in left:
             left[w.name] = f"no structural counterpart in {initialized}"
+    pairs += _dropped_biases(exp, ini, pairs, left)
     return pairs, left, exp, ini
+
+
+def _dropped_biases(exp, ini, pairs, left) -> list:
+    """(exported bias, None) for biases whose op has a counterpart in the initialized file that
+    carries no bias at all: exporters drop zero biases (dynamo's optimizer removes a zero Gemm
+    C, BatchNorm folding of a fresh BatchNorm gives a zero conv bias), so there it is zero."""
+    op_map = {s.op: t.op for s, t in pairs}
+
+    def primary(w):
+        if w.op.op_type == "Add":
+            for v in w.op.inputs:
+                producer = v.producer() if v is not None else None
+                if producer in op_map:
+                    return producer
+        return w.op
+
+    def has_bias(op) -> bool:
+        if any(x.slot.endswith("bias") for x in ini.index.of(op)):
+            return True
+        return any(ini.index.of(u.node) for out in op.outputs for u in out.uses()
+                   if u.node.op_type == "Add")
+
+    zeros = []
+    for w in exp.index.weights:
+        if w.name in left and w.slot.endswith(".bias"):
+            op = primary(w)
+            if op in op_map and not has_bias(op_map[op]):
+                zeros.append((w, None))
+                del left[w.name]
+    return zeros
 
 
 def fill_by_value(current: Mapping[str, np.ndarray], exported: str | os.PathLike,
@@ -433,7 +464,7 @@ def fill_by_value(current: Mapping[str, np.ndarray], exported: str | os.PathLike
 
     for keys, members in groups.items():
         if len(keys) > 1 or len(members) > 1:
-            values = [np.asarray(t.array()) for _, t, _ in members]
+            values = [np.zeros(1) if t is None else np.asarray(t.array()) for _, t, _ in members]
             if len(members) > 1 and not all(np.array_equal(values[0], v) for v in values[1:]):
                 result.ambiguous.append(list(keys))
         for i, (e, t, transforms) in enumerate(members):
@@ -441,12 +472,12 @@ def fill_by_value(current: Mapping[str, np.ndarray], exported: str | os.PathLike
             for k in ([key] if key is not None else keys):
                 if k in taken and not np.array_equal(result.arrays[k],
                                                      _value(e, t, transforms[k], floats[k])):
-                    result.unfilled[k] = (f"two ONNX tensors ({taken[k]}, {t.name}) equal it "
+                    result.unfilled[k] = (f"two ONNX tensors ({taken[k]}, {getattr(t, 'name', 0)}) equal it "
                                           f"but received different values")
                     continue
                 result.arrays[k] = _value(e, t, transforms[k], floats[k])
-                result.sources[k] = t.name
-                taken[k] = t.name
+                result.sources[k] = t.name if t is not None else "zero (no bias in the file)"
+                taken[k] = result.sources[k]
     for k in result.unfilled:
         result.arrays.pop(k, None)
     for k, v in floats.items():
@@ -461,8 +492,11 @@ def fill_by_value(current: Mapping[str, np.ndarray], exported: str | os.PathLike
     return result
 
 
-def _value(e: Weight, t: Weight, tr: Transform, like: np.ndarray) -> np.ndarray:
-    """The initialized weight `t` in the exported weight `e`'s stored layout, then through `tr`."""
+def _value(e: Weight, t: Weight | None, tr: Transform, like: np.ndarray) -> np.ndarray:
+    """The initialized weight `t` in the exported weight `e`'s stored layout, then through `tr`
+    (zeros for t None: a bias the initialized file does not carry)."""
+    if t is None:
+        return np.zeros(like.shape, dtype=like.dtype)
     canonical = t.array()
     if canonical.shape != e.shape:
         raise InputError(f"initialized tensor {t.name} has shape {list(canonical.shape)}, the "
