@@ -268,20 +268,21 @@ def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept) -> Segmen
         node = nodes[v]
         unit = units.get(node)
         skeleton.add_node(v, label=unit.label if unit else f"join:{node.op_type}", unit=unit)
-    for v in kept:
+    ports: dict[tuple[int, int], set[str]] = {}
+    for v in kept:  # every contracted path from v to a kept node, with the ports it enters by
         stack, seen = [v], {v}
         while stack:
             u = stack.pop()
             for w in graph.successors(u):
-                if w not in core or w in seen:
+                if w not in core:
                     continue
-                seen.add(w)
                 if w in skeleton:
-                    port = graph.edges[u, w]["port"]
-                    old = skeleton.edges[v, w]["port"] + ";" if skeleton.has_edge(v, w) else ""
-                    skeleton.add_edge(v, w, port=old + port)
-                else:
+                    ports.setdefault((v, w), set()).update(graph.edges[u, w]["port"].split(","))
+                elif w not in seen:
+                    seen.add(w)
                     stack.append(w)
+    for (v, w), entry in ports.items():
+        skeleton.add_edge(v, w, port=",".join(sorted(entry)))
     token = nx.weisfeiler_lehman_graph_hash(skeleton, node_attr="label", edge_attr="port",
                                             iterations=3)
     hashes = nx.weisfeiler_lehman_subgraph_hashes(skeleton, node_attr="label", edge_attr="port",

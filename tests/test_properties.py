@@ -148,14 +148,7 @@ def test_renaming_everything_gives_the_same_plan(models, seed, pair):
 
 
 # The ViT's attention block hashes differently when its nodes come in another (valid) order:
-# frontc.structure._segment records a skeleton edge's input ports along the first contracted
-# path its DFS meets, and the DFS follows the file's node order (q, k and v reach the attention
-# MatMuls through different paths and ports). docs/errors.md ("Known problems") has the fix.
-ORDER_BUG = pytest.mark.xfail(strict=True, reason="structure._segment: skeleton edge ports depend "
-                                                   "on node order (see docs/errors.md)")
-
-
-@pytest.mark.parametrize("pair", [pytest.param(PAIRS[0], marks=ORDER_BUG), PAIRS[1]], ids=["vit", "cnn"])
+@pytest.mark.parametrize("pair", [PAIRS[0], PAIRS[1]], ids=["vit", "cnn"])
 @SLOW
 @given(seed=st.integers(0, 2**32 - 1))
 def test_reordering_nodes_gives_the_same_plan(models, seed, pair):
