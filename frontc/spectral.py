@@ -57,11 +57,13 @@ def decay_weights(n: int, m: int, gamma: float) -> np.ndarray:
 
 
 def _along(y: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
-    """matrix [r, n] applied along `axis` of y."""
-    last = y.ndim - 1       # positive axes only: the legacy ONNX exporter mistranslates -2
-    if axis == last:
-        return y @ matrix.T
-    return (matrix @ y.movedim(axis, last - 1)).movedim(last - 1, axis)
+    """matrix [r, n] applied along `axis` of y, always as one large 2-D matmul (a batched
+    matmul over many small slices is several times slower on CPU)."""
+    if axis == y.ndim - 1:
+        return (y.reshape(-1, y.shape[-1]) @ matrix.T).reshape(y.shape[:-1] + (-1,))
+    moved = y.movedim(axis, 0)
+    out = (matrix @ moved.reshape(moved.shape[0], -1)).reshape((-1,) + moved.shape[1:])
+    return out.movedim(0, axis)
 
 
 def _dct_fft(y: torch.Tensor, axis: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -107,20 +109,26 @@ class SpectralRegularizer(nn.Module):
         self.weights = nn.ParameterList(params)
         # buffers (and the arithmetic) in float64 for a float64 model, else float32
         self._dtype = torch.float64 if params and params[0].dtype == torch.float64 else torch.float32
-        # per group: the layer axis (if L > 1) then the view axes, as (axis, n, m, gamma)
-        self._axes, self._orders = [], []
-        for g in self.groups:
+        # Per group: the layer axis (if L > 1), then the view axes, as (axis, n, m, gamma), with
+        # axis counted in a bucket's [groups, layers, *view] stack. Groups with equal layers,
+        # views and axes share one bucket: one stack and one matmul per axis for all of them.
+        self._buckets: dict[tuple, list[int]] = {}
+        for i, g in enumerate(self.groups):
             axes = []
             if g.layers > 1:
-                axes.append((0, g.layers, max(1, int(g.layers * depth_keep_ratio)), decay[0]))
+                axes.append((1, g.layers, max(1, int(g.layers * depth_keep_ratio)), decay[0]))
             for a, (n, fixed) in enumerate(zip(g.view, g.fixed)):
                 m = n if fixed else int(n * keep_ratio)
-                axes.append((a + 1, n, m, decay[1 + min(a, 1)]))
-            axes = [ax for ax in axes if ax[2] < ax[1]]   # fully kept axes contribute nothing
+                axes.append((a + 2, n, m, decay[1 + min(a, 1)]))
+            axes = tuple(ax for ax in axes if ax[2] < ax[1])   # fully kept axes add nothing
             for _, n, m, gamma in axes:
                 self._buffers_for(n, m, gamma)
-            self._axes.append(axes)
-            self._orders.append(min(itertools.permutations(axes), key=self._cost) if axes else ())
+            self._buckets.setdefault((g.layers, g.view, axes), []).append(i)
+        self._orders = {key: min(itertools.permutations(key[2]), key=self._cost) if key[2] else ()
+                        for key in self._buckets}
+        starts = np.cumsum([0] + [g.layers for g in self.groups])
+        self._slots = {key: [int(j) for i in members for j in range(starts[i], starts[i + 1])]
+                       for key, members in self._buckets.items()}
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -172,17 +180,23 @@ class SpectralRegularizer(nn.Module):
         shape[axis] = -1
         return y * getattr(self, self._decay_name(n, m, gamma))[rows].reshape(shape)
 
-    def _group(self, g: Group, ws: list[torch.Tensor], axes, hard: bool):
-        x = torch.stack([w.permute(perm) for w, perm in zip(ws, g.perms)]).to(self.compute_dtype)
-        x = x.reshape((g.layers,) + g.view)
-        dims = tuple(range(1, x.ndim))
-        centered = x - x.mean(dim=dims, keepdim=True)
-        var = (centered * centered).sum(dim=dims, keepdim=True) / (x[0].numel() - 1)
-        y = centered / (torch.sqrt(var + TINY) + EPS)
-        energy = (y * y).sum()
-        penalty = y.new_zeros(())
-        for j, (axis, n, m, gamma) in enumerate(axes):
-            if j == len(axes) - 1:      # the last axis: only the frequencies outside the block
+    def _bucket(self, key, ws: list[torch.Tensor], hard: bool, energy: bool):
+        """(penalty, standardized energy or None), each a [G] vector over the bucket's groups."""
+        members, (layers, view, _) = self._buckets[key], key
+        perms = [perm for i in members for perm in self.groups[i].perms]
+        x = torch.stack([ws[j].permute(perm).reshape(view)
+                         for j, perm in zip(self._slots[key], perms)])
+        x = x.to(self.compute_dtype).reshape((len(members), layers) + view)
+        dims = tuple(range(2, x.ndim))                   # two-pass statistics: exact for
+        centered = x - x.mean(dim=dims, keepdim=True)    # mean >> std (LayerNorm scales)
+        var = (centered * centered).sum(dim=dims, keepdim=True) / (x[0, 0].numel() - 1)
+        y = centered * (1.0 / (torch.sqrt(var + TINY) + EPS))
+        per_group = tuple(range(1, x.ndim))
+        total = y.square().sum(dim=per_group) if energy else None
+        penalty = y.new_zeros(len(members))
+        order = self._orders[key]
+        for j, (axis, n, m, gamma) in enumerate(order):
+            if j == len(order) - 1:     # the last axis: only the frequencies outside the block
                 out = self._transform(y, axis, n, slice(m, None))
             else:
                 c = self._transform(y, axis, n, slice(None))
@@ -190,49 +204,48 @@ class SpectralRegularizer(nn.Module):
             if not hard:
                 if gamma > 0:
                     out = self._scale(out, axis, n, m, gamma, slice(m, None))
-                for b_axis, b_n, b_m, b_gamma in axes[j + 1:]:
+                for b_axis, b_n, b_m, b_gamma in order[j + 1:]:
                     if b_gamma > 0:
                         out = self._transform(out, b_axis, b_n, slice(None))
                         out = self._scale(out, b_axis, b_n, b_m, b_gamma, slice(None))
-            penalty = penalty + (out * out).sum()
-        return penalty, energy
+            penalty = penalty + out.square().sum(dim=per_group)
+        return penalty, total
 
-    def _total(self, weights, hard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sums(self, weights, hard: bool, energy: bool):
         ws = list(weights) if weights else list(self.weights)
         if len(ws) != len(self.weights):
             raise ValueError(f"expected {len(self.weights)} weight tensors, got {len(ws)}")
-        penalty = energy = torch.zeros((), dtype=self.compute_dtype, device=ws[0].device if ws else None)
-        start = 0
-        for g, order in zip(self.groups, self._orders):
-            p, e = self._group(g, ws[start:start + g.layers], order, hard)
-            penalty, energy, start = penalty + p, energy + e, start + g.layers
-        return penalty, energy
+        parts = [self._bucket(key, ws, hard, energy) for key in self._buckets]
+        penalty = sum(p.sum() for p, _ in parts)
+        return penalty, sum(e.sum() for _, e in parts) if energy else None
 
     def forward(self, *weights: torch.Tensor) -> torch.Tensor:
-        penalty, energy = self._total(weights, hard=False)
+        penalty, energy = self._sums(weights, hard=False, energy=self.normalize)
         return penalty / energy if self.normalize else penalty
 
     @torch.no_grad()
     def high_frequency_fraction(self) -> float:
         """Fraction of the standardized energy outside the kept blocks (hard mask), all groups."""
-        penalty, energy = self._total((), hard=True)
+        penalty, energy = self._sums((), hard=True, energy=True)
         return float(penalty / energy)
 
     @torch.no_grad()
     def report(self) -> list[dict]:
         """Per group: names, layers, view, fixed axes, standardized energy, and the energy outside
         the kept block (hard mask) with its fraction."""
-        rows, start = [], 0
-        for g, order in zip(self.groups, self._orders):
-            p, e = self._group(g, list(self.weights)[start:start + g.layers], order, True)
+        values = {}
+        for key, members in self._buckets.items():
+            penalty, energy = self._bucket(key, list(self.weights), True, True)
+            values.update((i, (float(p), float(e))) for i, p, e in zip(members, penalty, energy))
+        rows = []
+        for i, g in enumerate(self.groups):
+            p, e = values[i]
             rows.append({"names": g.names, "layers": g.layers, "view": g.view, "fixed": g.fixed,
-                         "energy": float(e), "outside_energy": float(p),
-                         "outside": float(p / e) if e > 0 else 0.0})
-            start += g.layers
+                         "energy": e, "outside_energy": p, "outside": p / e if e > 0 else 0.0})
         return rows
 
     def uses_fft(self) -> bool:
-        return any(n > self.max_matrix for axes in self._axes for _, n, _, _ in axes)
+        return any(n > self.max_matrix for key in self._buckets for _, n, _, _ in key[2])
 
     def export_onnx(self, path, weights_as_inputs: bool = True, **kwargs) -> None:
         """Write the penalty as an ONNX graph: inputs are the weights (named after the
