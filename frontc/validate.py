@@ -1,23 +1,35 @@
 """Checks on a written model: onnx.checker, then one onnxruntime run with finite outputs.
 
+The checks run in a child process (`python -P frontc/validate.py MODEL`, which imports only
+onnx, onnxruntime and numpy): onnxruntime can crash outright on some valid graphs (a
+segmentation fault loading a LayerNormalization whose optional bias is empty, in 1.32), and
+such a crash must not take frontc down before it has removed its temporary output folder. A
+crash, a timeout or a failed check is a PipelineError (exit 1), the output is not written.
+
 Models in float16 or bfloat16 that this onnxruntime build has no kernels for (bfloat16 on CPU,
 mostly) are run as their float32 twin instead: the same graph and weights with every float16 /
 bfloat16 tensor, type and cast widened to float32. frontc never changes op types or dtypes, so
 a missing kernel is the target's, not frontc's; the twin still proves that the new weights run
 and give finite outputs.
+
+This module imports nothing from frontc at the top, so that the child process starts fast.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from frontc.errors import PipelineError
-
 SYMBOLIC_DIM = 1  # the size given to symbolic dimensions (batch, sequence) of the test input
 MAX_TEST_VALUES = 1 << 28  # a test input larger than this (1 GiB of float32) is refused
+TIMEOUT_S = float(os.environ.get("FRONTC_VALIDATE_TIMEOUT", 1800))
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
@@ -33,6 +45,10 @@ except ImportError:  # pragma: no cover
 _HALF = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
+class Invalid(Exception):
+    """A failed check (becomes frontc.errors.PipelineError in the parent)."""
+
+
 def _is_float(dtype) -> bool:
     return np.issubdtype(dtype, np.floating) or (ml_dtypes is not None and dtype == ml_dtypes.bfloat16)
 
@@ -45,11 +61,11 @@ def example_inputs(session) -> dict[str, np.ndarray]:
         shape = [d if isinstance(d, int) and d >= 0 else SYMBOLIC_DIM for d in arg.shape]
         dtype = _NUMPY.get(arg.type)
         if dtype is None:
-            raise PipelineError(f"cannot build a test input of type {arg.type} for '{arg.name}' "
-                                f"(run with --no-validate to skip the test run)")
+            raise Invalid(f"cannot build a test input of type {arg.type} for '{arg.name}' "
+                          f"(run with --no-validate to skip the test run)")
         if math.prod(shape) > MAX_TEST_VALUES:
-            raise PipelineError(f"the test input '{arg.name}' would hold {math.prod(shape):,} values "
-                                f"(declared shape {shape}); run with --no-validate to skip the test run")
+            raise Invalid(f"the test input '{arg.name}' would hold {math.prod(shape):,} values "
+                          f"(declared shape {shape}); run with --no-validate to skip the test run")
         if _is_float(dtype):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -119,11 +135,11 @@ def _open(path: Path):
         return session(path)
     except Exception as err:
         if not _unsupported(err):
-            raise PipelineError(f"onnxruntime cannot run the written model: {err}") from None
+            raise Invalid(f"onnxruntime cannot run the written model: {err}") from None
         first = err
     twin = float32_twin(path)
     if twin is None:
-        raise PipelineError(f"onnxruntime cannot run the written model: {first}")
+        raise Invalid(f"onnxruntime cannot run the written model: {first}")
     try:
         if twin.ByteSize() < (1 << 31) - (1 << 24):
             return session(twin.SerializeToString())
@@ -131,25 +147,71 @@ def _open(path: Path):
         onnx.save(twin, str(twin_path), save_as_external_data=True, location=twin_path.name + ".data")
         return session(twin_path)
     except Exception:
-        raise PipelineError(f"onnxruntime cannot run the written model (nor its float32 twin): "
-                            f"{first}") from None
+        raise Invalid(f"onnxruntime cannot run the written model (nor its float32 twin): "
+                      f"{first}") from None
 
 
-def check_model(path: Path) -> None:
-    """Raise PipelineError unless `path` passes onnx.checker and runs with finite outputs."""
+def check_here(path: Path) -> None:
+    """The checks, in this process: raise Invalid unless `path` passes onnx.checker and runs in
+    onnxruntime with finite outputs."""
     try:
         onnx.checker.check_model(str(path))
     except Exception as err:
-        raise PipelineError(f"the written model fails onnx.checker: {err}") from None
+        raise Invalid(f"the written model fails onnx.checker: {err}") from None
     sess = _open(Path(path))
     try:
         outputs = sess.run(None, example_inputs(sess))
-    except PipelineError:
+    except Invalid:
         raise
     except Exception as err:
-        raise PipelineError(f"onnxruntime cannot run the written model: {err}") from None
+        raise Invalid(f"onnxruntime cannot run the written model: {err}") from None
     for meta, out in zip(sess.get_outputs(), outputs):
         out = np.asarray(out)
         if _is_float(out.dtype) and not np.all(np.isfinite(out.astype(np.float64))):
-            raise PipelineError(f"the written model's output '{meta.name}' is not finite on a "
-                                f"test input (NaN or Inf)")
+            raise Invalid(f"the written model's output '{meta.name}' is not finite on a "
+                          f"test input (NaN or Inf)")
+
+
+def check_model(path: Path, isolate: bool = True) -> None:
+    """Raise PipelineError unless `path` passes onnx.checker and runs with finite outputs.
+
+    `isolate` (the default) runs the checks in a child process, so that a crash of onnxruntime
+    is reported instead of ending frontc."""
+    from frontc.errors import PipelineError
+
+    if not isolate:
+        try:
+            check_here(Path(path))
+        except Invalid as err:
+            raise PipelineError(str(err)) from None
+        return
+    command = [sys.executable, "-P", str(Path(__file__).resolve()), str(Path(path).resolve())]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PipelineError(f"checking the written model took over {TIMEOUT_S:.0f} s "
+                            f"(FRONTC_VALIDATE_TIMEOUT; --no-validate skips the check)") from None
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise PipelineError(f"onnxruntime crashed ({name}) checking the written model, whose "
+                            f"graph is the target's: check the target itself with onnxruntime, "
+                            f"or skip the check with --no-validate") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        result = None
+    if not isinstance(result, dict) or proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PipelineError(f"checking the written model failed (exit {proc.returncode}): {last}")
+    if result.get("error"):
+        raise PipelineError(result["error"])
+
+
+if __name__ == "__main__":   # the child process of check_model
+    try:
+        check_here(Path(sys.argv[1]))
+        print(json.dumps({"ok": True}))
+    except Invalid as err:
+        print(json.dumps({"error": str(err)}))

@@ -149,3 +149,61 @@ def test_atomic_output_when_the_rename_fails(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert final.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+# --------------------------------------------------------------------------- native crashes
+
+def test_a_crash_of_the_checking_process_is_an_error_not_a_crash(tmp_path, monkeypatch):
+    """onnxruntime runs in a child process: if it dies (SIGSEGV), frontc reports it (exit 1)
+    and still removes its temporary folder."""
+    import frontc
+    from frontc.errors import PipelineError
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import onnxedit as oe
+
+    source = oe.save(oe.mlp(8, 3, seed=1), tmp_path / "s.onnx")
+    target = oe.save(oe.mlp(5, 2, seed=2), tmp_path / "t.onnx")
+    crasher = tmp_path / "crash.sh"
+    crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    crasher.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(crasher))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(PipelineError, match="crashed \\(SIGSEGV\\)"):
+        frontc.transfer(source, target, out_dir / "o.onnx")
+    assert list(out_dir.iterdir()) == []
+
+
+def test_target_that_crashes_onnxruntime(tmp_path):
+    """A valid target whose LayerNormalization leaves its optional bias empty: onnxruntime 1.32
+    crashes (SIGSEGV) creating a session for it. frontc survives it: one line, exit 1, nothing
+    left (or, with an onnxruntime that does not crash, a normal transfer)."""
+    from click.testing import CliRunner
+
+    from frontc.cli import main
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import seeds
+
+    def no_bias(model):
+        for node in model.graph.node:
+            if node.op_type == "LayerNormalization":
+                node.input[2] = ""
+                break
+        return model
+
+    source = tmp_path / "s.onnx"
+    target = tmp_path / "t.onnx"
+    onnx.save(seeds.tfm(8, 2, seed=1), str(source))
+    onnx.save(no_bias(seeds.tfm(6, 1, seed=2)), str(target))
+    onnx.checker.check_model(str(target), full_check=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    result = CliRunner().invoke(main, ["transfer", str(source), str(target), "-o", str(out_dir / "o.onnx")])
+    if result.exit_code == 0:
+        assert [p.name for p in out_dir.iterdir()] == ["o.onnx"]
+        return
+    assert result.exit_code == 1 and "crashed (SIGSEGV)" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert list(out_dir.iterdir()) == []
