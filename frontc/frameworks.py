@@ -85,9 +85,9 @@ def producer(model: ir.Model) -> str:
 # --------------------------------------------------------------------------------------------
 
 def _is_depthwise(w: Weight) -> bool:
+    """One input channel per group: Keras stores these as DepthwiseConv2D [*k, in, mult]."""
     group = w.op.attributes.get("group")
-    return (w.slot == "conv.weight" and group is not None and group.value > 1
-            and w.shape[1] == 1 and "depthwise" in w.name.lower())
+    return w.slot == "conv.weight" and group is not None and group.value > 1 and w.shape[1] == 1
 
 
 def _is_bias_add(w: Weight) -> bool:
@@ -301,35 +301,46 @@ def distinct_like(arrays: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, 
 
 @dataclass
 class Transform:
-    """How an exported ONNX tensor (as stored) becomes a framework array."""
+    """How an exported ONNX tensor (as stored) becomes a framework array: reshape it to `pre`,
+    transpose by `perm`, reshape to the framework's `shape` (Keras depthwise kernels split the
+    channel axis: ONNX [in*mult, 1, kh, kw] -> [in, mult, kh, kw] -> [kh, kw, in, mult])."""
 
-    perm: tuple[int, ...]   # applied after squeezing the stored tensor's unit axes
-    shape: tuple[int, ...]  # the framework array's shape
+    pre: tuple[int, ...]
+    perm: tuple[int, ...]
+    shape: tuple[int, ...]
 
     def apply(self, stored: np.ndarray) -> np.ndarray:
-        squeezed = stored.reshape([d for d in stored.shape if d != 1])
-        return np.transpose(squeezed, self.perm).reshape(self.shape)
+        return np.transpose(stored.reshape(self.pre), self.perm).reshape(self.shape)
+
+
+def _candidates(stored: np.ndarray, target: np.ndarray):
+    """Transforms worth trying, the plain ones first."""
+    squeezed = tuple(d for d in stored.shape if d != 1)
+    want = tuple(d for d in target.shape if d != 1)
+    rank = len(squeezed)
+    if rank <= 5:
+        for perm in itertools.permutations(range(rank)):
+            if tuple(squeezed[p] for p in perm) == want:
+                yield Transform(squeezed, tuple(perm), tuple(target.shape))
+    if 1 < len(want) <= 5:      # split or merged axes: reshape to a permutation of the target
+        for perm in itertools.permutations(range(len(want))):
+            pre = tuple(want[p] for p in perm)
+            if pre != squeezed:
+                yield Transform(pre, tuple(np.argsort(perm)), tuple(target.shape))
 
 
 def find_transform(stored: np.ndarray, target: np.ndarray, exact: bool = True) -> Transform | None:
-    """A transpose (and reshape) turning `stored` into `target`, or None."""
+    """A reshape and transpose turning `stored` into `target` (equal values), or None."""
     if stored.size != target.size:
         return None
-    squeezed = stored.reshape([d for d in stored.shape if d != 1])
-    want = tuple(d for d in target.shape if d != 1)
-    rank = squeezed.ndim
-    perms = itertools.permutations(range(rank)) if rank <= 5 else [tuple(range(rank))]
     a64 = None if exact else np.asarray(target, dtype=np.float64)
-    for perm in perms:
-        moved = np.transpose(squeezed, perm)
-        if moved.shape != want:
-            continue
-        moved = moved.reshape(target.shape)
+    for tr in _candidates(stored, target):
+        moved = tr.apply(stored)
         if exact:
             if np.array_equal(moved, target):
-                return Transform(tuple(perm), tuple(target.shape))
+                return tr
         elif np.allclose(moved.astype(np.float64), a64, rtol=1e-6, atol=1e-7 * float(np.abs(a64).max() or 1)):
-            return Transform(tuple(perm), tuple(target.shape))
+            return tr
     return None
 
 
