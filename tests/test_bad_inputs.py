@@ -346,3 +346,36 @@ def test_quantized_target_is_refused_with_a_hint(pair, tmp_path):
     assert result.exit_code == 2 and str(qdq) in result.stderr
     assert "is quantized" in result.stderr and "then quantize the output" in result.stderr
     assert listing(tmp_path) == sorted(["source.onnx", "target.onnx", "qdq_target.onnx"])
+
+
+# --------------------------------------------------------------------------- known problems
+
+def gemm_chain(transposed_block: int) -> onnx.ModelProto:
+    """Four bias-free Gemm+Relu layers; layer `transposed_block` computes y^T = W @ h^T as
+    Gemm(W, h, transB=1) followed by a Transpose (a valid model; onnxruntime runs it)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, h = [], [], "x"
+    for i in range(4):
+        inits.append(numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), f"w{i}"))
+        if i == transposed_block:
+            nodes += [helper.make_node("Gemm", [f"w{i}", h], [f"t{i}"], name=f"gemm{i}", transB=1),
+                      helper.make_node("Transpose", [f"t{i}"], [f"g{i}"], name=f"tr{i}", perm=[1, 0])]
+        else:
+            nodes.append(helper.make_node("Gemm", [h, f"w{i}"], [f"g{i}"], name=f"gemm{i}", transB=1))
+        nodes.append(helper.make_node("Relu", [f"g{i}"], [f"r{i}"], name=f"relu{i}"))
+        h = f"r{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                              [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["n", 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.xfail(strict=True, reason="weights._roles reads a Gemm weight only at input B; "
+                                       "structure.encode groups units by weight shapes, not slots "
+                                       "(KeyError in match/report); see docs/errors.md")
+def test_gemm_with_a_constant_first_input(tmp_path):
+    source = oe.save(gemm_chain(2), tmp_path / "s.onnx")
+    target = oe.save(gemm_chain(-1), tmp_path / "t.onnx")
+    onnx.checker.check_model(str(source), full_check=True)
+    for args in (("inspect", source), ("transfer", source, target, "-o", tmp_path / "o.onnx")):
+        result = run(*args)
+        assert result.exit_code == 0 and "internal error" not in result.stderr, result.stderr

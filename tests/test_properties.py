@@ -147,7 +147,6 @@ def test_renaming_everything_gives_the_same_plan(models, seed, pair):
     assert rows(source, target, folder, "renamed", back_s, back_t) == expected(models, pair)
 
 
-# The ViT's attention block hashes differently when its nodes come in another (valid) order:
 @pytest.mark.parametrize("pair", [PAIRS[0], PAIRS[1]], ids=["vit", "cnn"])
 @SLOW
 @given(seed=st.integers(0, 2**32 - 1))
