@@ -64,7 +64,7 @@ class Segment:
 
     @property
     def shapes(self) -> tuple:
-        return tuple(tuple(w.shape for w in u.weights) for u in self.units)
+        return tuple(tuple((w.slot, w.shape) for w in u.weights) for u in self.units)
 
 
 @dataclass
@@ -187,23 +187,11 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     nodes = [n for n in model.graph if n not in index.plumbing and n.op_type != "Constant"]
     number = {n: i for i, n in enumerate(nodes)}
     units, attached = _units(index, nodes)
-    graph = nx.DiGraph()
-    graph.add_nodes_from(range(len(nodes)))
-    for i, n in enumerate(nodes):
-        for port, value in enumerate(n.inputs):
-            producer = value.producer() if value is not None else None
-            if producer in number:
-                j = number[producer]
-                old = graph.edges[j, i]["port"] + "," if graph.has_edge(j, i) else ""
-                graph.add_edge(j, i, port=old + str(port))
-    graph.add_node(SINK)
-    for value in model.graph.outputs:
-        if value.producer() in number:
-            graph.add_edge(number[value.producer()], SINK, port="out")
-
     # Shape arithmetic (Shape -> Gather -> Concat -> Reshape's shape input) and constant
     # folding left undone are exporter noise: a node that holds no weights and whose every
     # activation input (none at all, for constant computations) comes from such nodes is one.
+    # They stay out of the graph: reading a tensor's shape is no data path (a BERT mask built
+    # from Shape(hidden states) would otherwise tie every layer to the embeddings).
     shapes: set[int] = set()
     for i, n in enumerate(nodes):
         if n in units or n in attached:
@@ -212,6 +200,20 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
         if n.op_type in ("Shape", "Size") or all(
                 v.producer() in number and number[v.producer()] in shapes for v in dynamic):
             shapes.add(i)
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(i for i in range(len(nodes)) if i not in shapes)
+    for i, n in enumerate(nodes):
+        for port, value in enumerate(n.inputs):
+            producer = value.producer() if value is not None else None
+            if producer in number and i not in shapes and number[producer] not in shapes:
+                j = number[producer]
+                old = graph.edges[j, i]["port"] + "," if graph.has_edge(j, i) else ""
+                graph.add_edge(j, i, port=old + str(port))
+    graph.add_node(SINK)
+    for value in model.graph.outputs:
+        if value.producer() in number and number[value.producer()] not in shapes:
+            graph.add_edge(number[value.producer()], SINK, port="out")
 
     ipdom = nx.immediate_dominators(graph.reverse(copy=False), SINK)
     holders = [number[op] for op in units if number[op] in ipdom]

@@ -16,6 +16,10 @@ import numpy as np
 import onnx_ir as ir
 
 PLUMBING = {"Identity", "Cast", "Transpose"}  # and Expand of a weight (see _stored_tensor)
+# Inputs that hold sizes, scales or bounds, never parameters, whatever their dtype.
+NOT_PARAMETERS = {"Resize": {1, 2, 3}, "Upsample": {1}, "Pad": {1, 2, 3}, "Clip": {1, 2},
+                  "Slice": {1, 2, 3, 4}, "Reshape": {1}, "Expand": {1}, "Tile": {1},
+                  "Range": {0, 1, 2}, "ConstantOfShape": {0}, "Where": {0}, "TopK": {1}}
 FIXED_ROLES = {"vocab", "class"}
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
@@ -154,6 +158,8 @@ def _roles(op: ir.Node, port: int, shape: tuple[int, ...]) -> tuple[str, tuple[i
     if kind == "Gemm" and rank == 2 and port == 1:
         swap = not _attr(op, "transB", 0)
         return "linear.weight", (1, 0) if swap else ident, ("out", "in")
+    if kind == "Gemm" and rank == 2 and port == 0:  # W @ x written as Gemm(W, x)
+        return "linear.weight", (1, 0) if _attr(op, "transA", 0) else ident, ("out", "in")
     if kind == "Gemm" and port == 2 and rank == 1:
         return "linear.bias", ident, ("out",)
     if kind == "MatMul" and rank == 2:
@@ -191,7 +197,7 @@ def index_weights(model: ir.Model) -> WeightIndex:
                 op.op_type == "Expand" and _stored_tensor(op.inputs[0]) is not None):
             continue
         for port, value in enumerate(op.inputs):
-            if value is None:
+            if value is None or port in NOT_PARAMETERS.get(op.op_type, ()):
                 continue
             found = _stored_tensor(value)
             if found is None:

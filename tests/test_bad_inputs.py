@@ -369,9 +369,6 @@ def gemm_chain(transposed_block: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.xfail(strict=True, reason="weights._roles reads a Gemm weight only at input B; "
-                                       "structure.encode groups units by weight shapes, not slots "
-                                       "(KeyError in match/report); see docs/errors.md")
 def test_gemm_with_a_constant_first_input(tmp_path):
     source = oe.save(gemm_chain(2), tmp_path / "s.onnx")
     target = oe.save(gemm_chain(-1), tmp_path / "t.onnx")
