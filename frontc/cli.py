@@ -111,6 +111,12 @@ def progress_bars(enabled: bool):
         yield start
 
 
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Array backend: NumPy/SciPy on the CPU or CuPy on a CUDA GPU (needs the gpu-cuda12 or "
+         "gpu-cuda13 extra); auto takes the GPU when CuPy finds one.")
+
+
 def pipeline_options(f):
     for opt in reversed([
         click.option("-p", "--pipeline", default=DEFAULT_PIPELINE, show_default=True,
@@ -122,6 +128,7 @@ def pipeline_options(f):
         click.option("--depth-mode", type=click.Choice(["zero", "repeat", "random"]), default=None,
                      help="How a deeper target fills missing layer frequencies (default zero)."),
         click.option("--seed", type=int, default=None, help="Seed for --depth-mode random (default 0)."),
+        device_option,
     ]):
         f = opt(f)
     return f
@@ -147,8 +154,8 @@ def _options(**kw):
               help="Treat NaN/Inf source weights as missing (the tensor's finite mean) instead of "
                    "refusing them (exit 2).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, report,
-             min_coverage, no_validate, allow_nonfinite, quiet):
+def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, device,
+             report, min_coverage, no_validate, allow_nonfinite, quiet):
     """Write TARGET initialized from SOURCE's learngene to OUTPUT.
 
     TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
@@ -157,18 +164,26 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
     onnxruntime before it is renamed into place; inputs are never modified.
 
     \b
+    SOURCE is an ONNX model or a learngene file written by 'frontc extract'; from a learngene,
+    --convention and --keep-ratio are the gene's (giving others is an error).
+
+    \b
     Example:
       frontc transfer models/vit_source.onnx models/vit_narrow.onnx -o vit_narrow_init.onnx
       frontc transfer big.onnx small.onnx -o out.onnx --convention ortho --keep-ratio 0.5
+      frontc transfer big.gene small.onnx -o out.onnx
     """
     from frontc.errors import PipelineError
     from frontc.pipeline import parse
 
     modelio.refuse_overwriting_inputs(output, [source, target])
-    passes = parse(pipeline, _options(convention=convention, keep_ratio=keep_ratio,
-                                      depth_mode=depth_mode, seed=seed,
-                                      allow_nonfinite=True if allow_nonfinite else None))
-    state = State(source, target, output, validate=not no_validate)
+    from frontc import learngene
+
+    gene_options = learngene.options(source)      # {} unless SOURCE is a learngene file
+    passes = parse(pipeline, {**gene_options, **_options(
+        convention=convention, keep_ratio=keep_ratio, depth_mode=depth_mode, seed=seed,
+        allow_nonfinite=True if allow_nonfinite else None)})
+    state = State(source, target, output, validate=not no_validate, device=device)
     split = next((i for i, p in enumerate(passes) if p.name == "match"), None)
     with progress_bars(not quiet) as progress:
         state.progress = progress
@@ -238,12 +253,23 @@ def inspect(model, as_json):
     """Show MODEL's stages of repeated blocks, depth groups and weights with axis roles.
 
     \b
+    MODEL may also be a learngene file ('frontc extract'): then its format version, options,
+    source and sizes are shown too, and each tensor's kept coefficient block.
+
+    \b
     Example:
       frontc inspect models/vit_source.onnx
+      frontc inspect big.gene --json
     """
+    from frontc import learngene
     from frontc.passes.canonicalize import view_model
 
-    info = describe(view_model(model, "model"))
+    gene = learngene.Learngene(model) if learngene.looks_like(model) else None
+    info = describe(gene.view if gene else view_model(model, "model"))
+    if gene:
+        info["learngene"] = gene.describe()
+        for t in info["tensors"]:
+            t["kept"] = info["learngene"]["blocks"][t["name"]]["kept"]
     if as_json:
         click.echo(json.dumps(info, indent=1))
         return
@@ -251,18 +277,58 @@ def inspect(model, as_json):
     from rich.table import Table
 
     console = Console()
+    if gene:
+        g = info["learngene"]
+        click.echo(f"{model}: learngene format {g['format_version']} (frontc {g['frontc_version']})\n"
+                   f"  options: --convention {g['convention']} --keep-ratio {g['keep_ratio']:g}\n"
+                   f"  source: {g['source']} (sha256 {g['source_sha256']})\n"
+                   f"  size: {g['coefficients']:,} coefficients = {g['coefficient_fraction']:.1%} "
+                   f"of the source's {g['source_parameters']:,} parameters; {g['file_bytes']:,} bytes")
     console.print(f"[bold]{model}[/]: {info['weights']} weight tensors, {info['parameters']:,} parameters")
     for i, stage in enumerate(info["stages"]):
         ops = " ".join(stage["units_per_block"])
         first = " (the first differs)" if stage["first_block_differs"] else ""
         console.print(f"  stage {i}: {stage['blocks']} x [{ops}]{first}")
     table = Table()
-    for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view"):
+    for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view") + (("kept",) if gene else ()):
         table.add_column(col)
     for t in info["tensors"]:
         table.add_row(t["name"], t["op"], t["kind"], str(t["shape"]), " ".join(t["roles"]),
-                      str(t["view"]))
+                      str(t["view"]), *((str(t["kept"]),) if gene else ()))
     console.print(table)
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Where to write the learngene (a safetensors file, e.g. big.gene).")
+@click.option("--convention", type=click.Choice(["reference", "ortho"]), default="reference",
+              show_default=True, help="DCT scaling: the published 'reference' or orthonormal 'ortho'.")
+@click.option("--keep-ratio", type=float, default=1.0, show_default=True,
+              help="Fraction of each width axis's low frequencies kept (the file holds about r^2 "
+                   "of each 2-D tensor).")
+@device_option
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def extract(source, output, convention, keep_ratio, device, quiet):
+    """Write SOURCE's learngene to OUTPUT once, for any number of 'frontc transfer' runs.
+
+    The file (safetensors, docs/learngene.md) holds every source tensor's kept low-frequency
+    DCT block and statistics, the source graph without its weights, and the options; a
+    transfer from it writes the same weights as a transfer from SOURCE with these options.
+
+    \b
+    Example:
+      frontc extract big.onnx -o big.gene --keep-ratio 0.5
+      frontc transfer big.gene small.onnx -o small_init.onnx
+    """
+    from frontc.api import extract as run_extract
+
+    with progress_bars(not quiet) as progress:
+        done = run_extract(source, output, convention, keep_ratio, device, progress)
+    if not quiet:
+        click.echo(f"wrote {output}: {done['tensors']} tensors, {done['coefficients']:,} "
+                   f"coefficients ({done['coefficients'] / max(done['source_parameters'], 1):.1%} of "
+                   f"{done['source_parameters']:,} source parameters), {done['bytes']:,} bytes")
 
 
 @main.command(name="passes")

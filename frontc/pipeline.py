@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-import numpy as np
-
 from frontc.errors import InputError
 from frontc.plan import Gene, ModelView, Plan
 
@@ -42,12 +40,17 @@ class State:
     source: ModelView | None = None
     target: ModelView | None = None
     plan: Plan | None = None
-    genes: dict[str, Gene] = field(default_factory=dict)
-    updates: dict[str, np.ndarray] = field(default_factory=dict)   # target name -> canonical array
+    # mapping key -> Gene; the dct pass installs a store that computes each gene on demand
+    genes: typing.Mapping[str, Gene] = field(default_factory=dict)
+    # target name -> its new tensor, in the target's stored layout and dtype (written by emit)
+    updates: dict[str, Any] = field(default_factory=dict)
     report: dict[str, dict] = field(default_factory=dict)          # target name -> report row
     pipeline: str = ""
     validate: bool = True
     progress: Callable[[str, int], Callable[[], None]] | None = None
+    device: str = "auto"           # array backend: auto, cpu or cuda (frontc.backend)
+    backend: Any = None            # the frontc.backend.Backend chosen from `device`
+    learngene: Any = None          # a frontc.learngene.Learngene when the source is a gene file
 
     def step(self, label: str, total: int) -> Callable[[], None]:
         """A callable that advances a progress bar of `total` steps (a no-op without one)."""

@@ -70,7 +70,8 @@ class Gene:
     """The learngene of one source tensor or depth group.
 
     `coeffs` has a leading layer axis (length 1 for a singleton) already transformed by the
-    DCT, then the kept low-frequency block of each axis of the 2-D (or 1-D) view.
+    DCT, then the kept low-frequency block of each axis of the 2-D (or 1-D) view (cut to the
+    target's window when built for one target). Built on demand by the dct pass's GeneStore.
     """
 
     coeffs: np.ndarray
@@ -80,6 +81,7 @@ class Gene:
     energy: float             # total energy of the standardized source layers (Parseval)
     convention: str
     log: bool = False         # the values were resized in the log domain (BatchNorm variances)
+    fixed: tuple[bool, ...] = ()  # per view axis: fixed (vocabulary, class), kept whole, untransformed
 
     @property
     def layers(self) -> int:

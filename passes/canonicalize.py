@@ -5,6 +5,9 @@ Rules:
 2. Every weight (initializer, Constant node, or behind Identity/Cast/Transpose) gets its canonical
    `[out, in, ...]` layout and axis roles from the op that consumes it (frontc.weights).
 3. Blocks and depth groups are derived from graph structure (frontc.structure).
+4. A learngene file as the source (frontc.learngene) gives the weightless source graph it
+   stores, analyzed by the same rules 2-3; its coefficient blocks are read later, on demand.
+5. The array backend is chosen from `State.device` (frontc.backend).
 Nothing in either model is changed.
 """
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from frontc import modelio
+from frontc import learngene, modelio
+from frontc.backend import select
 from frontc.errors import InputError
 from frontc.pipeline import Pass, State
 from frontc.plan import ModelView
@@ -35,5 +39,11 @@ class Canonicalize(Pass):
     summary = "load both models; find weights, their axis roles, blocks and depth groups"
 
     def run(self, state: State) -> None:
-        state.source = view_model(state.source_path, "source")
+        if state.backend is None:
+            state.backend = select(state.device)
+        if learngene.looks_like(state.source_path):
+            state.learngene = learngene.Learngene(state.source_path)
+            state.source = state.learngene.view
+        else:
+            state.source = view_model(state.source_path, "source")
         state.target = view_model(state.target_path, "target")

@@ -1,51 +1,275 @@
-"""dct: extract the learngene of every source tensor and depth group the plan uses.
+"""dct: the learngene -- each source tensor's width coefficients, then the DCT across layers.
 
-Rules, per source tensor W (each layer of a depth group separately):
-1. Standardize with the whole tensor's scalar statistics: mu = mean(W), sigma = std(W, ddof=1),
-   What = (W - mu) / (sigma + 1e-8). BatchNorm variances are taken in the log domain first,
-   so no resize can make them negative.
+Rules, per source tensor W (each layer of a depth group separately), its *width block*:
+1. Standardize with the whole tensor's scalar statistics: mu = mean(W), sigma = std(W, ddof=1)
+   (accumulated in float64), What = (W - mu) / (sigma + 1e-8) in float32 (float64 for float64
+   sources). BatchNorm variances are taken in the log domain first, so no resize can make
+   them negative.
 2. View What as at most 2-D (frontc.plan.view_shape).
-3. DCT-II along each view axis (`convention`: reference or ortho) and keep the low-frequency
-   corner [:int(h*r), :int(w*r)] (r = keep_ratio).
-4. Stack the layers of a depth group on a leading axis and take the same DCT along it (all
-   source layers are kept; the target's depth decides the cut in `resize`).
+3. DCT-II along each view axis, last axis first (`convention`: reference or ortho), keeping
+   the low-frequency corner [:int(h*r), :int(w*r)] (r = keep_ratio). Fixed axes (vocabulary,
+   class count) are never resized: they are kept whole and not transformed.
+Per depth group, when `resize` asks for it (`GeneStore.group`):
+4. Each layer's block, cut to the window the target can use ([:min(kh, h'), :min(kw, w')]),
+   is stacked on a leading layer axis, and the same DCT is taken along it, keeping the first
+   min(L_t, L_s) layer frequencies.
+Blocks come from the source model or from a learngene file (frontc.learngene): both run the
+same operations on the same float32 blocks, so they give byte-identical weights.
+
+The pass itself computes nothing: it installs `State.genes`, which builds one group's gene on
+demand and keeps nothing, so only one depth group is in memory at a time.
 """
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Mapping as MappingABC
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import onnx_ir as ir
 
 from frontc import dct
-from frontc.errors import InputError
+from frontc.backend import Backend, cpu
+from frontc.errors import InputError, PipelineError
 from frontc.pipeline import Pass, State
-from frontc.plan import Gene, view_shape
+from frontc.plan import Gene, Kept, Mapping, view_shape
 from frontc.weights import Weight
 
 EPS = 1e-8
 
 
-def extract(layers: list[Weight], convention: str, keep_ratio: float) -> Gene:
-    log = layers[0].slot == "bn.var"
-    view = view_shape(layers[0].shape)
-    stack, means, stds = [], [], []
-    for w in layers:
-        values = w.array()
-        if not np.all(np.isfinite(values)):
-            raise InputError(f"source tensor '{w.name}' (input {w.port} of {w.op.op_type} node "
-                             f"'{w.op.name}') holds NaN or Inf values")
-        if log:
-            values = np.log(np.maximum(values, 1e-12))
-        mu, sigma = values.mean(), values.std(ddof=1)
-        stack.append(((values - mu) / (sigma + EPS)).reshape(view))
-        means.append(mu)
-        stds.append(sigma)
-    coeffs = np.stack(stack)
-    energy = float(np.sum(coeffs ** 2))
-    for axis, n in enumerate(view, start=1):
-        coeffs = dct.fit(dct.forward(coeffs, axis, convention), axis, dct.kept(n, keep_ratio))
-    coeffs = dct.forward(coeffs, 0, convention)
-    return Gene(coeffs, view, np.array(means), np.array(stds), energy, convention, log)
+# -- one source tensor ---------------------------------------------------------------------------
+
+@dataclass
+class Block:
+    """The width learngene of one source tensor: its kept low-frequency block and statistics."""
+
+    coeffs: object            # [kh(, kw)] array (NumPy, or CuPy on a GPU backend)
+    mean: float
+    std: float
+    energy: float             # sum of squares of the standardized tensor (before truncation)
+
+
+def view_fixed(weight: Weight) -> tuple[bool, ...]:
+    """Per axis of the DCT view: True where the axis is fixed (vocabulary, class count)."""
+    view = view_shape(weight.shape)
+    fixed = tuple(f for f, n in zip(weight.fixed, weight.shape) if n != 1)
+    return fixed if len(weight.shape) <= 2 and len(fixed) == len(view) else (False,) * len(view)
+
+
+def kept_shape(weight: Weight, keep_ratio: float) -> tuple[int, ...]:
+    """The block a learngene keeps of `weight`: int(n * r) per view axis, fixed axes whole."""
+    return tuple(n if fixed else dct.kept(n, keep_ratio)
+                 for n, fixed in zip(view_shape(weight.shape), view_fixed(weight)))
+
+
+def stored_transposed(weight: Weight) -> bool:
+    """A 2-D weight stored as [in, out] (MatMul): its blocks live in that memory order too."""
+    return type(weight) is Weight and len(weight.shape) == 2 and min(weight.shape) > 1 and \
+        tuple(weight.perm) == (1, 0)
+
+
+def compute_dtype(dtype: ir.DataType) -> type:
+    return np.float64 if dtype == ir.DataType.DOUBLE else np.float32
+
+
+def is_log(weight: Weight) -> bool:
+    return weight.slot == "bn.var"
+
+
+def canonical_values(weight: Weight) -> tuple[np.ndarray, bool]:
+    """(the weight in canonical layout, whether that memory is ours to overwrite), read without
+    keeping anything: external data is read from its file (no memory map stays open), other
+    tensors are viewed in place."""
+    if type(weight) is not Weight:        # a derived weight (BatchNorm folded in, a stand-in)
+        return np.asarray(weight.array()), True
+    tensor = weight.tensor
+    if isinstance(tensor, ir.ExternalTensor):
+        path = Path(tensor.path)
+        base = Path(tensor.base_dir).resolve() if tensor.base_dir else None
+        if base is not None and base not in path.resolve().parents:
+            raise InputError(f"external data of tensor '{weight.name}' ({path}) lies outside the "
+                             f"model's folder {base}; refusing to read it")
+        dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+        stored = np.fromfile(path, dtype=dtype, count=tensor.size, offset=tensor.offset or 0)
+        if stored.size != tensor.size:
+            raise InputError(f"external data file {path} is too short for tensor '{weight.name}'")
+        stored, owned = stored.reshape(tuple(tensor.shape.numpy())), True
+    else:
+        stored, owned = np.asarray(tensor.numpy()), False
+    return np.transpose(stored, weight.perm), owned
+
+
+def _sum_squares(x) -> float:
+    """sum(x**2) accumulated in float64, in cache-sized chunks (no full-size temporary)."""
+    flat = x.reshape(-1)
+    if not isinstance(flat, np.ndarray):           # CuPy
+        return float((flat * flat).sum(dtype=np.float64))
+    step = 1 << 18
+    tmp = np.empty(min(step, flat.size), dtype=flat.dtype)
+    total = 0.0
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step]
+        part = tmp[:chunk.size]
+        np.multiply(chunk, chunk, out=part)
+        total += float(part.sum(dtype=np.float64))
+    return total
+
+
+def width_block(values, view: tuple[int, ...], fixed: tuple[bool, ...], keep: tuple[int, ...],
+                convention: str, log: bool, backend: Backend, name: str = "",
+                owned: bool = False, flip: bool = False) -> Block:
+    """Rules 1-3 for one tensor: standardize, view, DCT each unfixed axis, keep the corner.
+
+    Every step runs in place over the tensor in memory order: with `flip` (a 2-D weight stored
+    transposed) on its [in, out] base, and the block comes back as a transposed view. `owned`
+    says `values` may be overwritten."""
+    xp = backend.xp
+    dtype = np.float64 if values.dtype == np.float64 else np.float32
+    base = values.T if flip else values
+    x = backend.asarray(base, dtype)
+    if isinstance(x, np.ndarray) and (not x.flags.writeable or not x.flags.c_contiguous or
+                                      (not owned and np.may_share_memory(x, values))):
+        x = np.array(x, order="C")          # never write into the model's own memory
+    if log:
+        xp.log(xp.maximum(x, dtype(1e-12), out=x), out=x)
+    mu = float(x.mean(dtype=np.float64))
+    if not np.isfinite(mu):            # any NaN or Inf makes the mean NaN or Inf
+        raise InputError(f"source tensor '{name}' holds NaN or Inf values")
+    x -= dtype(mu)
+    ss = _sum_squares(x)
+    sigma = (ss / max(x.size - 1, 1)) ** 0.5
+    d = (x.T if flip else x).reshape(view)
+    # Contiguous axis first, in place; the order depends only on the stored layout, so a
+    # learngene file and a direct transfer agree.
+    for axis in sorted(range(len(view)), key=lambda a: (d.strides[a], -a)):
+        if not fixed[axis]:
+            d = backend.forward(d, axis, keep[axis], convention, workers=1, overwrite=True)
+        elif keep[axis] < view[axis]:
+            d = d[(slice(None),) * axis + (slice(0, keep[axis]),)]
+    d /= dtype(sigma + EPS)           # standardize the kept block only (the DCT is linear)
+    return Block(d, mu, sigma, ss / (sigma + EPS) ** 2)
+
+
+def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Backend,
+                 source: str | os.PathLike = "") -> Block:
+    try:
+        values, owned = canonical_values(weight)
+        return width_block(values, view_shape(weight.shape), view_fixed(weight),
+                           kept_shape(weight, keep_ratio), convention, is_log(weight), backend,
+                           weight.name, owned, stored_transposed(weight))
+    except InputError as err:
+        if "NaN or Inf" in str(err):
+            where = f"source {source}: " if source else "source "
+            raise InputError(f"{where}tensor '{weight.name}' (input {weight.port} of "
+                             f"{weight.op.op_type} node '{weight.op.name}') holds NaN or Inf "
+                             f"values") from None
+        raise
+
+
+def in_order(fn: Callable, items: Iterable, threads: int) -> Iterator:
+    """fn over items on `threads` threads, results in order, at most `threads` in flight (so
+    at most that many blocks are in memory beyond the ones the caller keeps)."""
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        pending = deque()
+        for item in items:
+            if len(pending) >= threads:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
+
+
+# -- where blocks come from -----------------------------------------------------------------------
+
+class DirectBlocks:
+    """Width blocks computed from the source model's tensors."""
+
+    def __init__(self, convention: str, keep_ratio: float, backend: Backend,
+                 source: str | os.PathLike = ""):
+        self.convention, self.keep_ratio, self.backend = convention, keep_ratio, backend
+        self.source = source
+
+    def block(self, weight: Weight) -> Block:
+        return source_block(weight, self.convention, self.keep_ratio, self.backend, self.source)
+
+    def missing(self, weight: Weight) -> str | None:
+        return None
+
+    def kept(self, weight: Weight) -> tuple[int, ...]:
+        return kept_shape(weight, self.keep_ratio)
+
+
+# -- one depth group ----------------------------------------------------------------------------
+
+class GeneStore(MappingABC):
+    """`State.genes`: mapping key -> Gene, computed when asked for and never kept."""
+
+    def __init__(self, mappings: list[Mapping], blocks, convention: str, backend: Backend):
+        self.by_key = {m.key: m for m in mappings}
+        self.blocks, self.convention, self.backend = blocks, convention, backend
+
+    def __getitem__(self, key: str) -> Gene:
+        """The whole gene of a mapping: all kept width coefficients, all layer frequencies."""
+        mapping = self.by_key[key]
+        return self.group(mapping.sources, self.blocks.kept(mapping.sources[0]), len(mapping.sources))
+
+    def __iter__(self):
+        return iter(self.by_key)
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def stream(self, mappings: list[Mapping]) -> Iterator[Block]:
+        """The blocks of every source layer of `mappings`, in order, computed ahead on the
+        backend's threads (at most that many beyond the one being consumed), so the next group's
+        blocks are under way while the current group is resized."""
+        return in_order(self.blocks.block, [w for m in mappings for w in m.sources],
+                        self.backend.threads)
+
+    def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
+              blocks: Iterator[Block] | None = None) -> Gene:
+        """Rule 4: the layers' blocks cut to `window`, stacked, DCT along the layer axis keeping
+        `depth_keep` frequencies. `blocks` (from `stream`) supplies the layers' blocks."""
+        be, xp = self.backend, self.backend.xp
+        cut = tuple(slice(0, n) for n in window)
+        flip = stored_transposed(sources[0])      # stack [in, out] blocks in that memory order
+        stack, means, stds, energy = None, [], [], 0.0
+        if blocks is None:
+            blocks = in_order(self.blocks.block, sources, be.threads)
+        for i in range(len(sources)):
+            block = next(blocks)
+            part = block.coeffs[cut]
+            part = part.T if flip else part
+            if stack is None:
+                stack = xp.empty((len(sources),) + part.shape, dtype=part.dtype)
+            stack[i] = part
+            means.append(block.mean)
+            stds.append(block.std)
+            energy += block.energy
+            del block, part
+        if flip:
+            stack = stack.transpose(0, 2, 1)
+        if len(sources) > 1 or depth_keep != 1:
+            stack = be.forward(stack, 0, depth_keep, self.convention)
+        first = sources[0]
+        return Gene(stack, view_shape(first.shape), np.array(means), np.array(stds), energy,
+                    self.convention, is_log(first), fixed=view_fixed(first))
+
+
+def extract(layers: list[Weight], convention: str, keep_ratio: float, backend: Backend | None = None) -> Gene:
+    """The whole gene of one source tensor or depth group, straight from the model (NumPy)."""
+    blocks = DirectBlocks(convention, keep_ratio, backend or cpu())
+    store = GeneStore([Mapping(layers, layers)], blocks, convention, blocks.backend)
+    return store.group(layers, kept_shape(layers[0], keep_ratio), len(layers))
 
 
 @dataclass(frozen=True)
@@ -62,8 +286,16 @@ class DCT(Pass):
             raise InputError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
 
     def run(self, state: State) -> None:
-        advance = state.step("dct", len(state.plan.mappings))
-        for mapping in state.plan.mappings:
-            if mapping.key not in state.genes:
-                state.genes[mapping.key] = extract(mapping.sources, self.convention, self.keep_ratio)
-            advance()
+        if state.plan is None:
+            raise PipelineError("the dct pass needs the plan: run 'match' before it")
+        backend = state.backend or cpu()
+        if state.learngene is not None:
+            blocks = state.learngene.blocks(self.convention, self.keep_ratio, backend)
+            for mapping in list(state.plan.mappings):
+                reason = next(filter(None, map(blocks.missing, mapping.sources)), None)
+                if reason:
+                    state.plan.mappings.remove(mapping)
+                    state.plan.kept.extend(Kept(w, reason) for w in mapping.targets)
+        else:
+            blocks = DirectBlocks(self.convention, self.keep_ratio, backend, state.source_path)
+        state.genes = GeneStore(state.plan.mappings, blocks, self.convention, backend)

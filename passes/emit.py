@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import onnx_ir as ir
 
 import frontc
@@ -28,7 +29,8 @@ def apply_updates(state: State) -> None:
     weights = {w.name: w for w in state.target.index.weights}
     for name, values in state.updates.items():
         weight = weights[name]
-        tensor = weight.store(values)
+        # resize hands over finished tensors (stored layout, target dtype); arrays still work
+        tensor = weight.store(values) if isinstance(values, np.ndarray) else values
         if weight.reader is not None:  # shared or placeholder: the weight gets its own initializer
             graph = state.target.model.graph
             node, port = weight.reader

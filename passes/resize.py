@@ -1,14 +1,17 @@
 """resize: rebuild every mapped target tensor from its learngene at the target's shapes.
 
-Rules, per mapping (source layers L_s -> target layers L_t):
-1. Depth: keep the first min(L_t, L_s) layer frequencies; for L_t > L_s fill the rest by
-   `depth_mode`: zero (the published default), repeat (the kept frequencies again, block-wise)
-   or random (normal with the kept coefficients' mean and std, from `seed`).
-2. Width: zero-fill the target's view shape and copy in the top-left corner of the coefficients.
-3. Inverse DCT along every axis at the target's lengths (the gene's convention), so every target
-   layer gets its own slice of the depth inverse.
+Rules, per mapping (source layers L_s -> target layers L_t), one mapping at a time:
+1. Window: the gene is built for the part of each width block the target can hold
+   ([:min(kh, h'), :min(kw, w')]) and the first min(L_t, L_s) layer frequencies.
+2. Depth: for L_t > L_s fill the missing layer frequencies by `depth_mode`: zero (the
+   published default), repeat (the kept frequencies again, block-wise) or random (normal with
+   the mean and std of the window's coefficients, from `seed`); inverse DCT along the layer
+   axis at L_t, so every target layer gets its own slice of the depth inverse.
+3. Width, per target layer: inverse DCT along every unfixed view axis at the target's lengths
+   (coefficients it lacks are zero), in the gene's convention.
 4. De-standardize target layer i with source layer min(i, L_s - 1)'s statistics (back from the
-   log domain for BatchNorm variances), reshape to the target's layout.
+   log domain for BatchNorm variances), reshape to the target's layout and store it in the
+   target's own dtype; nothing of the group is kept after its last layer is stored.
 The report row of each target tensor records the fraction of the standardized source energy
 that its coefficients kept (orthonormal scaling).
 """
@@ -16,52 +19,114 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
+import onnx_ir as ir
 
 from frontc import dct
+from frontc.backend import Backend, cpu
+from frontc.errors import PipelineError
 from frontc.pipeline import Pass, State
 from frontc.plan import Gene, view_shape
+from frontc.weights import Weight
 
 DEPTH_MODES = ("zero", "repeat", "random")
 
 
-def fill_depth(coeffs: np.ndarray, layers: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+def fill_depth(coeffs, layers: int, mode: str, rng: np.random.Generator, backend: Backend | None = None):
+    """The layer frequencies for `layers` target layers (zero mode: the inverse pads itself)."""
+    xp = (backend or cpu()).xp
     have = coeffs.shape[0]
-    if layers <= have or mode == "zero":
-        return dct.fit(coeffs, 0, layers)
+    if layers <= have:
+        return coeffs[:layers]
+    if mode == "zero":
+        return coeffs
     extra = layers - have
     if mode == "repeat":
-        fill = np.concatenate([coeffs] * (extra // have + 1))[:extra]
+        fill = xp.concatenate([coeffs] * (extra // have + 1))[:extra]
     else:
-        fill = rng.normal(coeffs.mean(), coeffs.std(), size=(extra,) + coeffs.shape[1:])
-    return np.concatenate([coeffs, fill])
+        mean, std = float(coeffs.mean(dtype=np.float64)), float(coeffs.std(dtype=np.float64))
+        fill = xp.asarray(rng.normal(mean, std, size=(extra,) + tuple(coeffs.shape[1:]))
+                          .astype(coeffs.dtype))
+    return xp.concatenate([coeffs, fill])
 
 
-def kept_energy(gene: Gene, layers: int, view: tuple[int, ...]) -> float:
+def _axis_weights(n: int, size: int, convention: str, fixed: bool) -> np.ndarray:
+    """Squared factors turning this axis's first `size` coefficients into orthonormal ones."""
+    if fixed:
+        return np.ones(size)
+    return dct.ortho_scale(n, convention)[:size] ** 2
+
+
+def kept_energy(gene: Gene, layers: int, view: tuple[int, ...], backend: Backend | None = None) -> float:
     """Fraction of the source's standardized energy inside the target's coefficient window."""
-    window = gene.coeffs[:layers]
-    for axis, n in enumerate((gene.layers,) + gene.view):
-        if axis < window.ndim:
-            size = window.shape[axis] if axis == 0 else min(window.shape[axis], view[axis - 1])
-            window = np.take(window, np.arange(size), axis=axis)
-            shape = [1] * window.ndim
-            shape[axis] = size
-            window = window * dct.ortho_scale(n, gene.convention)[:size].reshape(shape)
-    return float(np.sum(window ** 2) / gene.energy) if gene.energy > 0 else 1.0
+    if gene.energy <= 0:
+        return 1.0
+    xp = (backend or cpu()).xp
+    fixed = gene.fixed or (False,) * len(gene.view)
+    depth = min(layers, gene.coeffs.shape[0])
+    sizes = [min(gene.coeffs.shape[a + 1], view[a]) for a in range(len(gene.view))]
+    w_depth = _axis_weights(gene.layers, depth, gene.convention, gene.layers == 1)
+    w_axes = [xp.asarray(_axis_weights(n, s, gene.convention, f).astype(gene.coeffs.dtype))
+              for n, s, f in zip(gene.view, sizes, fixed)]
+    cut = tuple(slice(0, s) for s in sizes)
+    total = 0.0
+    for layer in range(depth):
+        c = gene.coeffs[layer][cut]
+        energy = c * c
+        for w in reversed(w_axes[1:]):
+            energy = energy @ w
+        total += float(energy.astype(np.float64) @ w_axes[0].astype(np.float64)) * w_depth[layer]
+    return total / gene.energy
 
 
-def rebuild(gene: Gene, layers: int, view: tuple[int, ...], mode: str,
-            rng: np.random.Generator) -> np.ndarray:
-    coeffs = fill_depth(gene.coeffs, layers, mode, rng)
-    for axis, n in enumerate(view, start=1):
-        coeffs = dct.fit(coeffs, axis, n)
-    for axis in range(coeffs.ndim):
-        coeffs = dct.inverse(coeffs, axis, gene.convention)
-    source = np.minimum(np.arange(layers), gene.layers - 1)
-    shape = (layers,) + (1,) * len(view)
-    values = coeffs * gene.std[source].reshape(shape) + gene.mean[source].reshape(shape)
-    return np.exp(values) if gene.log else values
+def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
+           backend: Backend, transposed: bool = False) -> Iterator:
+    """Rules 2-4: yield each target layer's canonical values (at the target's view shape), or
+    with `transposed` (a 2-D view) their transpose, laid out in memory as a MatMul stores it."""
+    coeffs = fill_depth(gene.coeffs, count, mode, rng, backend)
+    if gene.layers > 1 or count > 1:
+        coeffs = backend.inverse(coeffs, 0, count, gene.convention)
+    fixed = gene.fixed or (False,) * len(view)
+    axes = list(range(len(view)))
+    if transposed:
+        axes, fixed, view = [1, 0], fixed[::-1], view[::-1]
+    for i in range(count):
+        y = coeffs[i].transpose(axes)
+        for axis in reversed(range(len(view))):
+            if not fixed[axis]:
+                y = backend.inverse(y, axis, view[axis], gene.convention)
+            elif y.shape[axis] != view[axis]:
+                raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
+        source = min(i, gene.layers - 1)
+        y = y * y.dtype.type(gene.std[source])      # a new array: coeffs stay untouched
+        y += y.dtype.type(gene.mean[source])
+        if gene.log:
+            y = backend.xp.exp(y)
+        yield y
+
+
+def rebuild(gene: Gene, layers_: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
+            backend: Backend | None = None) -> np.ndarray:
+    """All target layers at once, [layers, *view] (tests, small models)."""
+    be = backend or cpu()
+    return np.stack([be.to_host(y) for y in layers(gene, layers_, view, mode, rng, be)])
+
+
+def transposed_store(weight: Weight) -> bool:
+    """A 2-D weight stored transposed ([in, out], MatMul): rebuilt directly in that layout."""
+    return len(weight.shape) == 2 and tuple(weight.perm) == (1, 0) and min(weight.shape) > 1
+
+
+def stored_tensor(weight: Weight, values: np.ndarray, transposed: bool = False) -> ir.Tensor:
+    """The tensor to write: canonical `values` (or, with `transposed`, already in the stored
+    [in, out] layout) in the weight's stored layout and the target's dtype."""
+    if transposed:
+        stored = values
+    else:
+        stored = np.transpose(values.reshape(weight.shape), np.argsort(weight.perm))
+    return ir.Tensor(np.ascontiguousarray(stored, dtype=weight.dtype.numpy()), name=weight.name)
 
 
 @dataclass(frozen=True)
@@ -73,16 +138,26 @@ class Resize(Pass):
     seed: int = field(default=0, metadata={"help": "seed of depth_mode=random"})
 
     def run(self, state: State) -> None:
+        store = state.genes
+        if not hasattr(store, "group"):
+            raise PipelineError("the resize pass needs the dct pass before it")
+        backend = state.backend or cpu()
         advance = state.step("resize", len(state.plan.mappings))
+        blocks = store.stream(state.plan.mappings)
         for mapping in state.plan.mappings:
-            gene = state.genes[mapping.key]
             target = mapping.targets[0]
             view = view_shape(target.shape)
+            kept = store.blocks.kept(mapping.sources[0])
+            window = tuple(min(k, n) for k, n in zip(kept, view))
+            depth = min(len(mapping.targets), len(mapping.sources))
+            gene = store.group(mapping.sources, window, depth, blocks)
             rng = np.random.default_rng([self.seed, zlib.crc32(mapping.key.encode())])
-            values = rebuild(gene, len(mapping.targets), view, self.depth_mode, rng)
-            energy = kept_energy(gene, len(mapping.targets), view)
-            for layer, weight in enumerate(mapping.targets):
-                state.updates[weight.name] = values[layer].reshape(weight.shape)
+            energy = kept_energy(gene, len(mapping.targets), view, backend)
+            transposed = all(transposed_store(w) for w in mapping.targets)
+            values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
+                            transposed)
+            for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
+                state.updates[weight.name] = stored_tensor(weight, backend.to_host(y), transposed)
                 state.report[weight.name] = {
                     "target": weight.name, "shape": list(weight.shape), "kind": weight.slot,
                     "sources": [w.name for w in mapping.sources],
@@ -90,4 +165,5 @@ class Resize(Pass):
                     "transform": f"dct-{gene.convention}",
                     "depth": f"{gene.layers}->{len(mapping.targets)}", "layer": layer,
                     "energy_kept": round(energy, 6)}
+            del gene, values
             advance()

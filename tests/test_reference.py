@@ -108,7 +108,7 @@ def test_depth_growth_gives_distinct_layers(exported, tmp_path):
     groups = [m for m in state.plan.mappings if m.depth == (4, 12)]
     assert len(groups) == 12                     # every role of the block is a depth group
     for m in groups:
-        layers = [state.updates[w.name] for w in m.targets]
+        layers = [state.updates[w.name].numpy() for w in m.targets]   # stored tensors
         assert all(np.all(np.isfinite(x)) for x in layers)
         diffs = [np.abs(layers[i] - layers[j]).max() for i in range(12) for j in range(i)]
         assert min(diffs) > 1e-6, m.key       # no two target layers share their weights

@@ -1,0 +1,114 @@
+"""frontc.backend: both exact forms of the DCT primitives, device selection, the CuPy path.
+
+No GPU is available where these tests were written: the CuPy backend's plumbing is checked
+with a stand-in `cupy` module backed by NumPy, and the real GPU comparison is skipped unless
+CuPy finds a CUDA device.
+"""
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from frontc import backend as B
+from frontc import dct
+from frontc.errors import InputError
+
+
+@pytest.mark.parametrize("convention", dct.CONVENTIONS)
+@pytest.mark.parametrize("shape,axis", [((7, 5), 0), ((7, 5), 1), ((3, 9, 4), 1), ((130, 6), 0),
+                                        ((6, 130), 1), ((11,), 0)])
+@pytest.mark.parametrize("form", ["matrix", "fft"])
+def test_forward_and_inverse_match_the_reference(monkeypatch, convention, shape, axis, form):
+    monkeypatch.setitem(B.MATRIX_MAX, "cpu", 10**6 if form == "matrix" else 0)
+    be = B.Backend()
+    x = np.random.default_rng(0).standard_normal(shape)
+    n = shape[axis]
+    for keep in (n, max(1, n // 2)):
+        want = dct.fit(dct.forward(x, axis, convention), axis, keep)
+        got = be.forward(x.copy(), axis, keep, convention, overwrite=True)
+        assert np.allclose(got, want, atol=1e-10)
+        for length in (n, n + 3, max(1, n - 2)):
+            expected = dct.inverse(dct.fit(want, axis, length), axis, convention)
+            assert np.allclose(be.inverse(want, axis, length, convention), expected, atol=1e-10)
+
+
+def test_float32_stays_float32():
+    be = B.cpu()
+    x = np.random.default_rng(1).standard_normal((40, 300)).astype(np.float32)
+    for axis in (0, 1):
+        assert be.forward(x, axis, 10, "reference").dtype == np.float32
+        assert be.inverse(x, axis, 50, "ortho").dtype == np.float32
+
+
+def test_select_devices(monkeypatch):
+    assert B.select("cpu") is B.cpu()
+    monkeypatch.setitem(sys.modules, "cupy", None)          # CuPy not installed
+    assert B.select("auto") is B.cpu()
+    with pytest.raises(InputError, match="gpu-cuda12"):
+        B.select("cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        B.select("tpu")
+
+
+def fake_cupy(monkeypatch, available=True):
+    """A `cupy` whose arrays are NumPy arrays: enough to run the CuPy backend's code paths."""
+    cp = types.ModuleType("cupy")
+    cp.__dict__["__getattr__"] = lambda name: getattr(np, name)
+    cp.asnumpy = np.asarray
+    cp.cuda = types.SimpleNamespace(is_available=lambda: available)
+    fft = types.ModuleType("cupyx.scipy.fft")
+    fft.dct = lambda x, type=2, n=None, axis=-1, norm=None, overwrite_x=False: scipy.fft.dct(
+        x, type=type, n=n, axis=axis, norm=norm, overwrite_x=overwrite_x)
+    fft.idct = lambda x, type=2, n=None, axis=-1, norm=None, overwrite_x=False: scipy.fft.idct(
+        x, type=type, n=n, axis=axis, norm=norm, overwrite_x=overwrite_x)
+    cupyx, sp = types.ModuleType("cupyx"), types.ModuleType("cupyx.scipy")
+    cupyx.scipy, sp.fft = sp, fft
+    for name, module in (("cupy", cp), ("cupyx", cupyx), ("cupyx.scipy", sp), ("cupyx.scipy.fft", fft)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+def test_cuda_without_a_device_is_an_input_error(monkeypatch):
+    fake_cupy(monkeypatch, available=False)
+    with pytest.raises(InputError, match="no usable GPU"):
+        B.select("cuda")
+    assert B.select("auto") is B.cpu()
+
+
+def test_cupy_backend_plumbing_transfers_like_the_cpu(monkeypatch, exported, tmp_path):
+    import onnx_ir as ir
+
+    import frontc
+
+    fake_cupy(monkeypatch)
+    assert isinstance(B.select("cuda"), B.CupyBackend)
+    source, target = exported("ViT", "legacy", 1, depth=4), exported("ViT", "legacy", 2, width=48, depth=2)
+    frontc.transfer(source, target, tmp_path / "gpu.onnx", device="cuda", validate=False)
+    frontc.transfer(source, target, tmp_path / "cpu.onnx", device="cpu", validate=False)
+    a = {k: v.const_value.numpy() for k, v in ir.load(tmp_path / "gpu.onnx").graph.initializers.items()}
+    b = {k: v.const_value.numpy() for k, v in ir.load(tmp_path / "cpu.onnx").graph.initializers.items()}
+    assert all(np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6 * np.abs(b[k]).max()) for k in b)
+
+
+def real_gpu() -> bool:
+    try:
+        import cupy
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not real_gpu(), reason="no CuPy with a usable CUDA GPU on this machine")
+def test_gpu_matches_cpu_in_float32(exported, tmp_path):
+    import onnx_ir as ir
+
+    import frontc
+
+    source, target = exported("ViT", "legacy", 1, depth=4), exported("ViT", "legacy", 2, width=48, depth=2)
+    frontc.transfer(source, target, tmp_path / "gpu.onnx", device="cuda", keep_ratio=0.75)
+    frontc.transfer(source, target, tmp_path / "cpu.onnx", device="cpu", keep_ratio=0.75)
+    a = {k: v.const_value.numpy() for k, v in ir.load(tmp_path / "gpu.onnx").graph.initializers.items()}
+    b = {k: v.const_value.numpy() for k, v in ir.load(tmp_path / "cpu.onnx").graph.initializers.items()}
+    for k in b:
+        assert np.abs(a[k] - b[k]).max() <= 1e-5 * max(np.abs(b[k]).max(), 1e-12), k
