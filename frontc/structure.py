@@ -179,8 +179,28 @@ def _units(index: WeightIndex, nodes: list[ir.Node]) -> tuple[dict, dict]:
                 w.slot = ("linear" if primary.op_type in _LINEAR else "conv") + ".bias"
             units[primary].weights.append(w)
     for unit in units.values():
-        unit.label = _unit_label(unit.op, unit.weights)
+        role = ("|stem" if _reads_graph_input(unit.op, units, index) else "") + (
+            "|head" if any("class" in w.roles for w in unit.weights) else "")
+        unit.label = _unit_label(unit.op, unit.weights) + role
     return units, attached
+
+
+def _reads_graph_input(op: ir.Node, units: dict, index: WeightIndex) -> bool:
+    """Whether a graph input reaches `op` through weight-free ops only: the stem reads the data
+    itself, a hidden layer reads another layer (this tells them apart when shapes coincide)."""
+    stack, seen = [v for v in op.inputs if _is_dynamic(v, index.plumbing)], set()
+    while stack:
+        value = stack.pop()
+        producer = value.producer()
+        if producer is None:
+            if value.is_graph_input():
+                return True
+            continue
+        if producer in units or producer in seen or producer.op_type in ("Shape", "Size"):
+            continue
+        seen.add(producer)
+        stack.extend(v for v in producer.inputs if _is_dynamic(v, index.plumbing))
+    return False
 
 
 def analyze(model: ir.Model, index: WeightIndex) -> Structure:

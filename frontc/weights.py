@@ -176,10 +176,10 @@ def _roles(op: ir.Node, port: int, shape: tuple[int, ...]) -> tuple[str, tuple[i
         return ("norm.scale" if port == 1 else "norm.bias"), ident, ("feature",)
     if kind == "BatchNormalization" and rank == 1:
         return ("bn.scale", "bn.bias", "bn.mean", "bn.var")[port - 1], ident, ("feature",)
-    if kind == "Add" and rank == 1 and any(
+    if kind == "Add" and sum(n > 1 for n in shape) == 1 and shape[-1] > 1 and any(
             v is not None and v.producer() is not None and v.producer().op_type == "MatMul"
             for v in op.inputs):
-        return "linear.bias", ident, ("out",)
+        return "linear.bias", ident, ("unit",) * (rank - 1) + ("out",)  # [out] or [1, out]
     # Anything else (bias Add, RMS-style Mul scale, position embedding, class token, ...):
     # size-1 axes are units, the last axis is the feature axis, the others are token axes.
     roles = tuple("unit" if n == 1 else ("feature" if i == rank - 1 else "token")

@@ -54,6 +54,9 @@ def refusal(source: Weight, target: Weight) -> str | None:
         return f"kind differs ({source.slot} in the source, {target.slot} in the target)"
     if len(view_shape(source.shape)) != len(view_shape(target.shape)):
         return f"shapes {list(source.shape)} and {list(target.shape)} have different DCT views"
+    fixed = lambda w: sorted(r for r in w.roles if r in ("vocab", "class"))  # noqa: E731
+    if fixed(source) != fixed(target):
+        return "a head (or embedding) and a layer of another kind cannot initialize each other"
     for role, a, b in zip(target.roles, source.shape, target.shape):
         if role in ("vocab", "class") and a != b:
             what = "class count" if role == "class" else "vocabulary size"

@@ -120,13 +120,6 @@ def test_bert_from_minilm_l6_loads_back(berts, tmp_path):
     assert not np.allclose(own, ref_hidden, atol=1e-3)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "legacy (TorchScript) export of BertModel: the extended attention mask is built from "
-    "Shape(embeddings LayerNorm output) (/bert/Shape), an edge from the residual stream into "
-    "every layer's mask Add; frontc.structure computes post-dominators over the full graph "
-    "(shape arithmetic included), so encoder layers 0-4 of the source (0-2 of the target) "
-    "collapse into one segment and the runs do not align: 13/55 target tensors mapped "
-    "(dynamo export: 53/54)"))
 def test_bert_legacy_export_aligns(berts, tmp_path):
     big, make_small = berts
     source = export(big, tmp_path / "minilm_l6.onnx", "legacy")

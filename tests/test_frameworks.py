@@ -315,14 +315,6 @@ def test_sklearn_regenerate_initialize_load_back(tmp_path):
 
 
 @pytest.mark.skipif(not has("sklearn", "skl2onnx"), reason="needs scikit-learn and skl2onnx")
-@pytest.mark.xfail(strict=False, reason=(
-    "skl2onnx stores biases as [1, out] (intercepts): frontc.weights gives them slot 'add.vector' "
-    "(only rank-1 Add constants after a MatMul are 'linear.bias'), and _mark_heads stops at an op "
-    "holding a non-'linear.bias' weight, so the output layer is never marked as a head. With hidden "
-    "width == input features (64 -> 64 -> 64 -> 64 -> 10), the first layer joins the hidden run "
-    "(equal weight shapes), the runs align [3 x hidden][head] with [first][hidden][head], and the "
-    "target's 32x32 hidden layer is initialized from the source's 10x64 head while the target's "
-    "head keeps its own init"))
 def test_sklearn_hidden_width_equal_to_input_features(tmp_path):
     import make_sklearn
 
@@ -448,14 +440,10 @@ def test_paddle_ocr_onto_narrow_copy(ocr_transfer, key):
     assert np.all(np.isfinite(y)) and y.shape == run_onnx(target, x).shape
 
 
-RESIZE_SCALES = ("frontc.weights indexes Resize's float `scales` input (port 2, e.g. [1, 1, 2, 2]) "
-                 "as a weight ('resize.vector'), so it goes through standardize -> DCT -> inverse "
-                 "DCT: PP-OCRv4 det's scales come back as [1, 1.0000002, 8, 8]; with the DCT of "
-                 "commit 6bdd5e8 the batch scale came back 0.99999994, ORT floored 2 * 0.99999994 "
-                 "to a batch of 1 and the FPN Concat failed for batches > 1")
+# Resize scales (and other size inputs) are never weights: a DCT round trip made 2 * 0.99999994
+# a batch of 1 in onnxruntime once.
 
 
-@pytest.mark.xfail(reason=RESIZE_SCALES, strict=False)
 @pytest.mark.parametrize("key", ["v4_det_constant", "v6_det_identity"])
 def test_paddle_ocr_resize_scales_untouched(ocr_transfer, key):
     from frontc.modelio import load
@@ -475,7 +463,6 @@ def test_paddle_ocr_resize_scales_untouched(ocr_transfer, key):
     assert scales(out) == scales(target)
 
 
-@pytest.mark.xfail(reason=RESIZE_SCALES, strict=False)
 @pytest.mark.parametrize("key", ["v4_det_constant", "v6_det_identity"])
 def test_paddle_ocr_detector_runs_batched(ocr_transfer, key):
     _, target, out, _ = ocr_transfer(key)
