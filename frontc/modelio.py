@@ -61,7 +61,7 @@ def load(path: str | os.PathLike, what: str = "model") -> ir.Model:
         raise InputError(f"{where}: not a valid ONNX model ({_brief(err)})") from None
     if len(model.graph) == 0 or not model.graph.outputs:
         raise InputError(f"{where}: not an ONNX model (no graph nodes or outputs)")
-    check_graph(model, where)
+    check_graph(model, where, topological=what == "target")
     check_tensors(model, where)
     check_external_data(model, path, what)
     check_quantization(model, where, dequantize=what != "target")
@@ -137,8 +137,10 @@ def _schema(node: ir.Node, opsets: dict[str, int]):
         return None
 
 
-def check_graph(model: ir.Model, where: str) -> None:
-    """Every value read is produced, the graph is acyclic, attributes have their types."""
+def check_graph(model: ir.Model, where: str, topological: bool = False) -> None:
+    """Every value read is produced, the graph is acyclic, attributes have their types;
+    `topological`: the nodes are in topological order, as ONNX requires (a target's order is
+    kept in the output, which onnx.checker would refuse)."""
     graph = model.graph
     opsets = dict(model.opset_imports)
     inner = set(graph)
@@ -214,6 +216,16 @@ def check_graph(model: ir.Model, where: str) -> None:
         stuck = next(node for node, n in waiting.items() if n > 0)
         raise InputError(f"{where}: the graph has a cycle (through {_node_name(stuck)}); an ONNX "
                          f"graph must be acyclic")
+    if topological:
+        earlier: set[ir.Node] = set()
+        for node in graph:
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer in inner and producer not in earlier:
+                    raise InputError(f"{where}: {_node_name(node)} reads '{value.name}' before "
+                                     f"{_node_name(producer)} produces it; ONNX requires the nodes "
+                                     f"in topological order (the output keeps the target's order)")
+            earlier.add(node)
 
 
 # Ranks the ONNX operators require of the inputs frontc reads as weights: op -> port -> ranks.

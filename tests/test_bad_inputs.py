@@ -376,3 +376,25 @@ def test_gemm_with_a_constant_first_input(tmp_path):
     for args in (("inspect", source), ("transfer", source, target, "-o", tmp_path / "o.onnx")):
         result = run(*args)
         assert result.exit_code == 0 and "internal error" not in result.stderr, result.stderr
+
+
+def test_target_nodes_out_of_topological_order(pair, tmp_path):
+    """ONNX requires nodes in topological order. A target out of order is refused (its order is
+    kept in the output, which onnx.checker would refuse); a source out of order is fine."""
+    model = oe.mlp(5, 2, seed=2)
+    nodes = list(model.graph.node)
+    nodes[0], nodes[1] = nodes[1], nodes[0]          # the Relu before the Gemm it reads
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    unsorted = oe.save(model, tmp_path / "unsorted.onnx")
+    result = run("transfer", pair[0], unsorted, "-o", tmp_path / "o.onnx")
+    assert result.exit_code == 2 and "topological order" in result.stderr
+    assert f"target {unsorted}" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "o.onnx").exists()
+    source = oe.mlp(8, 3, seed=1)
+    nodes = list(source.graph.node)
+    nodes[0], nodes[1] = nodes[1], nodes[0]
+    del source.graph.node[:]
+    source.graph.node.extend(nodes)
+    result = run("transfer", oe.save(source, tmp_path / "s.onnx"), pair[1], "-o", tmp_path / "o.onnx")
+    assert result.exit_code == 0, result.stderr
