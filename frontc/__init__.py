@@ -2,5 +2,6 @@
 __version__ = "0.1.0"
 
 from frontc.api import extract, plan, transfer  # noqa: E402
+from frontc.pipeline import Pass, Pipeline, State  # noqa: E402
 
-__all__ = ["__version__", "extract", "plan", "transfer"]
+__all__ = ["__version__", "Pass", "Pipeline", "State", "extract", "plan", "transfer"]

@@ -13,7 +13,7 @@ import click
 from frontc import __version__, modelio
 from frontc.errors import FrontcError
 from frontc.pipeline import DEFAULT_PIPELINE, REGISTRY, Pipeline, State, lookup
-from frontc.report import describe, plan_rows, summary
+from frontc.report import describe, plan_rows, snapshot, summary
 
 EXIT_CODES = ("Exit codes: 0 done, 1 pipeline failure, 2 bad usage or bad input, "
               "130/143 interrupted (SIGINT/SIGTERM).")
@@ -83,7 +83,11 @@ class Command(click.Group):
 @click.group(cls=Command, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="frontc")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
-def main(debug: bool) -> None:
+@click.option("--plugin", "plugin_files", multiple=True, type=click.Path(path_type=Path),
+              help="Load the passes defined in a Python file (repeatable).")
+@click.option("--replace-pass", "replace", multiple=True, metavar="NAME",
+              help="Let a plugin pass take the name of a built-in pass (repeatable).")
+def main(debug: bool, plugin_files, replace) -> None:
     """Initialize a model from a larger pretrained one through the DCT learngene of its weights.
 
     \b
@@ -93,6 +97,11 @@ def main(debug: bool) -> None:
     """
     global _debug
     _debug = debug
+    from frontc import plugins
+
+    plugins.load_installed(frozenset(replace))
+    for path in plugin_files:
+        plugins.load_file(path, frozenset(replace))
 
 
 @contextmanager
@@ -144,6 +153,9 @@ def _options(**kw):
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Where to write the initialized target (.onnx).")
 @pipeline_options
+@click.option("--method", type=click.Choice(["front", "select"]), default="front", show_default=True,
+              help="front: the DCT learngene (--pipeline); select: the weight selection baseline "
+                   "(Xu et al. 2024), pipeline 'canonicalize,match,select,emit'.")
 @click.option("--report", type=click.Path(path_type=Path),
               help="Write a JSON report: per target tensor, its sources, transform and energy kept.")
 @click.option("--min-coverage", type=float, default=0.0, show_default=True,
@@ -153,9 +165,11 @@ def _options(**kw):
 @click.option("--allow-nonfinite", is_flag=True,
               help="Treat NaN/Inf source weights as missing (the tensor's finite mean) instead of "
                    "refusing them (exit 2).")
+@click.option("--print-after", metavar="PASS",
+              help="After PASS runs, print what the state holds (JSON on stderr), for debugging.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, device,
-             report, min_coverage, no_validate, allow_nonfinite, quiet):
+             method, report, min_coverage, no_validate, allow_nonfinite, print_after, quiet):
     """Write TARGET initialized from SOURCE's learngene to OUTPUT.
 
     TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
@@ -173,10 +187,16 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
       frontc transfer big.onnx small.onnx -o out.onnx --convention ortho --keep-ratio 0.5
       frontc transfer big.gene small.onnx -o out.onnx
     """
-    from frontc.errors import PipelineError
+    from frontc.errors import InputError, PipelineError
     from frontc.pipeline import parse
 
     modelio.refuse_overwriting_inputs(output, [source, target])
+    if method == "select":
+        if pipeline != DEFAULT_PIPELINE or any(v is not None for v in (convention, keep_ratio,
+                                                                       depth_mode, seed)):
+            raise InputError("--method select runs 'canonicalize,match,select,emit': it takes no "
+                             "--pipeline, --convention, --keep-ratio, --depth-mode or --seed")
+        pipeline = "canonicalize,match,select,emit"
     from frontc import learngene
 
     gene_options = learngene.options(source)      # {} unless SOURCE is a learngene file
@@ -184,18 +204,22 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
         convention=convention, keep_ratio=keep_ratio, depth_mode=depth_mode, seed=seed,
         allow_nonfinite=True if allow_nonfinite else None)})
     state = State(source, target, output, validate=not no_validate, device=device)
-    split = next((i for i, p in enumerate(passes) if p.name == "match"), None)
-    with progress_bars(not quiet) as progress:
-        state.progress = progress
-        head = Pipeline(passes[:split + 1] if split is not None else [])
-        head.run(state)
-        if state.plan is not None and state.plan.coverage < min_coverage:
+    full = Pipeline(passes).check()
+    state.pipeline = full.text()
+
+    def after(done, state):
+        if done.name == "match" and state.plan.coverage < min_coverage:
             raise PipelineError(f"coverage {state.plan.coverage:.1%} of target tensors is below "
                                 f"--min-coverage {min_coverage:.1%}; nothing written (see "
                                 f"'frontc plan' for what is kept and why)")
-        full = Pipeline(passes)
-        Pipeline(passes[split + 1 if split is not None else 0:]).run(state)
-        state.pipeline = full.text()
+        if done.name == print_after:
+            click.echo(json.dumps(snapshot(done.name, state), indent=1), err=True)
+
+    if print_after and print_after not in [p.name for p in passes]:
+        raise InputError(f"--print-after {print_after}: no such pass in the pipeline {full.text()!r}")
+    with progress_bars(not quiet) as progress:
+        state.progress = progress
+        full.run(state, after=after)
     if report:
         with modelio.AtomicOutput(report) as tmp:
             tmp.write_text(json.dumps({**summary(state), "tensors": plan_rows(state)}, indent=1))
@@ -333,10 +357,17 @@ def extract(source, output, convention, keep_ratio, device, quiet):
 
 @main.command(name="passes")
 def list_passes():
-    """List the available passes with their options."""
-    for name in REGISTRY:
+    """List the available passes (built-in and plugins) with their options.
+
+    \b
+    Example:
+      frontc --plugin examples/passes/copy_embeddings.py passes
+    """
+    from frontc import plugins
+
+    for name in list(REGISTRY) + [n for n in plugins.names() if n not in REGISTRY]:
         cls = lookup(name)
-        click.echo(f"{name}: {cls.summary}")
+        click.echo(f"{name}: {cls.summary} [{plugins.origin(name)}]")
         for f in cls.options():
             choices = f.metadata.get("choices")
             extra = f" (one of {', '.join(choices)})" if choices else ""

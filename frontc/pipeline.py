@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "dct": "frontc.passes.dct:DCT",
     "resize": "frontc.passes.resize:Resize",
     "emit": "frontc.passes.emit:Emit",
+    "select": "frontc.passes.select:Select",
 }
 
 
@@ -59,8 +60,13 @@ class State:
 
 @dataclass(frozen=True)
 class Pass:
+    """Subclass as a frozen dataclass: `name`, `summary`, the State fields it `reads` and
+    `writes`, typed option fields (with `metadata={"help": ..., "choices": ...}`), and `run`."""
+
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    reads: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def run(self, state: State) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,8 +81,20 @@ class Pass:
 
 
 def lookup(name: str) -> type[Pass]:
+    """The pass class called `name`: a registered plugin, else a built-in."""
+    from frontc import plugins
+
+    found = plugins.plugin_pass(name)
+    if found is not None:
+        return found
     if name not in REGISTRY:
-        raise InputError(f"unknown pass '{name}' (known: {', '.join(REGISTRY)})")
+        plugins.load_installed()
+        found = plugins.plugin_pass(name)
+        if found is not None:
+            return found
+        known = sorted(set(REGISTRY) | set(plugins.names()))
+        raise InputError(f"unknown pass '{name}' (known: {', '.join(known)}; "
+                         f"a plugin file is loaded with --plugin FILE.py)")
     module, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -142,13 +160,29 @@ class Pipeline:
 
     @classmethod
     def from_text(cls, text: str = DEFAULT_PIPELINE, **defaults: Any) -> "Pipeline":
-        return cls(parse(text, defaults))
+        return cls(parse(text, defaults)).check()
+
+    def check(self, given: tuple[str, ...] = ()) -> "Pipeline":
+        """Refuse a pipeline whose passes read what no earlier pass writes."""
+        have = set(given)
+        for p in self.passes:
+            missing = [r for r in p.reads if r not in have]
+            if missing:
+                writers = sorted({q for q in REGISTRY if any(m in lookup(q).writes for m in missing)})
+                hint = f" (add {' or '.join(writers)} before it)" if writers else ""
+                raise InputError(f"pass '{p.name}' reads {', '.join(missing)}, which no earlier "
+                                 f"pass of the pipeline writes{hint}")
+            have.update(p.writes)
+        return self
 
     def text(self) -> str:
         return ",".join(p.text() for p in self.passes)
 
-    def run(self, state: State) -> State:
-        state.pipeline = self.text()
+    def run(self, state: State, after: Callable[[Pass, State], None] | None = None) -> State:
+        """Run every pass in order; `after(pass, state)` is called after each (debugging)."""
+        state.pipeline = state.pipeline or self.text()
         for p in self.passes:
             p.run(state)
+            if after is not None:
+                after(p, state)
         return state

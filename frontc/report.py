@@ -76,3 +76,18 @@ def describe(view: ModelView) -> dict:
     return {"model": str(view.path), "weights": len(weights),
             "parameters": sum(w.size for w in view.index.weights),
             "stages": stages, "tensors": weights}
+
+
+def snapshot(after: str, state: State) -> dict:
+    """What the state holds after a pass (for --print-after)."""
+    out = {"after": after, "pipeline": state.pipeline}
+    for side in ("source", "target"):
+        view = getattr(state, side)
+        if view is not None:
+            out[side] = {"path": str(view.path), "weights": len(view.index.weights),
+                         "segments": len(view.structure.segments)}
+    if state.plan is not None:
+        out["plan"] = {**summary(state), "tensors": plan_rows(state)}
+    out["genes"] = len(state.genes) if hasattr(state.genes, "__len__") else "on demand"
+    out["updates"] = sorted(state.updates)
+    return out

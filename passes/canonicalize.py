@@ -37,6 +37,8 @@ def view_model(path: Path, what: str) -> ModelView:
 class Canonicalize(Pass):
     name = "canonicalize"
     summary = "load both models; find weights, their axis roles, blocks and depth groups"
+    reads = ()
+    writes = ('source', 'target')
 
     def run(self, state: State) -> None:
         if state.backend is None:

@@ -65,6 +65,8 @@ def provenance(state: State) -> dict[str, str]:
 class Emit(Pass):
     name = "emit"
     summary = "write the initialized target atomically, with provenance, and validate it"
+    reads = ('plan', 'updates')
+    writes = ()
 
     def run(self, state: State) -> None:
         if state.output_path is None:

@@ -115,6 +115,8 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
 class Match(Pass):
     name = "match"
     summary = "align blocks and depth groups of the source and the target by structure"
+    reads = ('source', 'target')
+    writes = ('plan',)
 
     def run(self, state: State) -> None:
         src, tgt = state.source.structure, state.target.structure

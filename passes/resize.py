@@ -133,6 +133,8 @@ def stored_tensor(weight: Weight, values: np.ndarray, transposed: bool = False) 
 class Resize(Pass):
     name = "resize"
     summary = "truncate or zero-pad learngene coefficients to the target's shapes, inverse DCT"
+    reads = ('plan', 'genes')
+    writes = ('updates', 'report')
     depth_mode: str = field(default="zero", metadata={"choices": DEPTH_MODES,
                             "help": "how a deeper target fills the layer frequencies it lacks"})
     seed: int = field(default=0, metadata={"help": "seed of depth_mode=random"})
