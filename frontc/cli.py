@@ -137,6 +137,8 @@ def pipeline_options(f):
         click.option("--depth-mode", type=click.Choice(["zero", "repeat", "random"]), default=None,
                      help="How a deeper target fills missing layer frequencies (default zero)."),
         click.option("--seed", type=int, default=None, help="Seed for --depth-mode random (default 0)."),
+        click.option("--overrides", type=click.Path(path_type=Path), default=None,
+                     help="JSON/YAML file pinning target tensors to source tensors (docs/matching.md)."),
         device_option,
     ]):
         f = opt(f)
@@ -168,8 +170,8 @@ def _options(**kw):
 @click.option("--print-after", metavar="PASS",
               help="After PASS runs, print what the state holds (JSON on stderr), for debugging.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, device,
-             method, report, min_coverage, no_validate, allow_nonfinite, print_after, quiet):
+def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, overrides,
+             device, method, report, min_coverage, no_validate, allow_nonfinite, print_after, quiet):
     """Write TARGET initialized from SOURCE's learngene to OUTPUT.
 
     TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
@@ -202,6 +204,7 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
     gene_options = learngene.options(source)      # {} unless SOURCE is a learngene file
     passes = parse(pipeline, {**gene_options, **_options(
         convention=convention, keep_ratio=keep_ratio, depth_mode=depth_mode, seed=seed,
+        overrides=overrides,
         allow_nonfinite=True if allow_nonfinite else None)})
     state = State(source, target, output, validate=not no_validate, device=device)
     full = Pipeline(passes).check()
@@ -234,7 +237,9 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(source, target, as_json):
+@click.option("--overrides", type=click.Path(path_type=Path), default=None,
+              help="JSON/YAML file pinning target tensors to source tensors (docs/matching.md).")
+def plan(source, target, as_json, overrides):
     """Show which SOURCE tensors would initialize each TARGET tensor (nothing is written).
 
     \b
@@ -243,7 +248,7 @@ def plan(source, target, as_json):
     """
     from frontc.api import plan as run_plan
 
-    state = run_plan(source, target)
+    state = run_plan(source, target, **_options(overrides=overrides))
     rows = plan_rows(state)
     if as_json:
         click.echo(json.dumps({**summary(state), "tensors": rows}, indent=1))

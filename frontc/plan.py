@@ -31,6 +31,7 @@ class Mapping:
 
     targets: list[Weight]
     sources: list[Weight]
+    skip: set[str] = field(default_factory=set)   # target names an override took over
 
     @property
     def key(self) -> str:
@@ -57,7 +58,7 @@ class Plan:
 
     @property
     def mapped_tensors(self) -> int:
-        return sum(len(m.targets) for m in self.mappings)
+        return len({w.name for m in self.mappings for w in m.targets if w.name not in m.skip})
 
     @property
     def coverage(self) -> float:

@@ -10,6 +10,8 @@ def plan_rows(state: State) -> list[dict]:
     rows = []
     for m in state.plan.mappings:
         for layer, w in enumerate(m.targets):
+            if w.name in m.skip:
+                continue
             row = state.report.get(w.name) or {
                 "target": w.name, "shape": list(w.shape), "kind": w.slot,
                 "sources": [s.name for s in m.sources], "source_shape": list(m.sources[0].shape),

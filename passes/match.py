@@ -14,13 +14,18 @@ Rules:
    the target's BatchNorm is set to pass the source's conv bias through (exact either way).
 5. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
    view ranks differ, or a fixed axis (vocabulary, class count) has different sizes.
-6. No mapped tensor at all is an error: the models share no structure.
+6. An overrides file (`overrides`) pins target tensors to named source tensors, or keeps them
+   at their own init, after all of the above (docs/matching.md shows the format).
+7. No mapped tensor at all is an error: the models share no structure.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from frontc.errors import MatchError
+from frontc.errors import InputError, MatchError
 from frontc.pipeline import Pass, State
 from frontc.plan import Kept, Mapping, Plan, view_shape
 from frontc.structure import Run, aligned_blocks, correspondence
@@ -111,12 +116,68 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
     return plan
 
 
+def _read_overrides(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"overrides {path}: no such file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:
+        raise InputError(f"overrides {path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({err})") from None
+    if not isinstance(data, dict) or set(data) - {"tensors", "keep"} or \
+            not isinstance(data.get("tensors", {}), dict) or not isinstance(data.get("keep", []), list):
+        raise InputError(f"overrides {path}: expected {{\"tensors\": {{target: source or [sources]}}, "
+                         f"\"keep\": [target, ...]}}")
+    return data
+
+
+def apply_overrides(plan: Plan, path: Path, source_index, target_index) -> None:
+    """Pin target tensors to source tensors (one, or one per source layer), or to their own
+    init, as a file says: for what structure cannot decide."""
+    data = _read_overrides(path)
+    targets = {w.name: w for w in target_index.weights}
+    sources = {w.name: w for w in source_index.weights}
+
+    def known(name, table, side):
+        if name not in table:
+            close = difflib.get_close_matches(str(name), list(table), n=3)
+            raise InputError(f"overrides {path}: no {side} tensor '{name}'"
+                             + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        return table[name]
+
+    def release(name):  # the structural plan no longer writes this target
+        for m in plan.mappings:
+            if any(w.name == name for w in m.targets):
+                m.skip.add(name)
+        plan.kept[:] = [k for k in plan.kept if k.weight.name != name]
+
+    for name in data.get("keep", []):
+        release(known(name, targets, "target").name)
+        plan.kept.append(Kept(targets[name], f"kept at its own init by {path.name}"))
+    for name, pinned in data.get("tensors", {}).items():
+        target = known(name, targets, "target")
+        layers = [known(s, sources, "source") for s in ([pinned] if isinstance(pinned, str) else pinned)]
+        reason = refusal(layers[0], target) or next(
+            (f"source layers differ in shape ({list(w.shape)})" for w in layers if w.shape != layers[0].shape), None)
+        if reason:
+            raise InputError(f"overrides {path}: {name} <- {', '.join(w.name for w in layers)}: {reason}")
+        release(name)
+        plan.mappings.append(Mapping([target], layers))
+
+
 @dataclass(frozen=True)
 class Match(Pass):
     name = "match"
     summary = "align blocks and depth groups of the source and the target by structure"
     reads = ('source', 'target')
     writes = ('plan',)
+    overrides: str = field(default="", metadata={
+        "help": "a JSON/YAML file pinning target tensors to source tensors or to their own init"})
 
     def run(self, state: State) -> None:
         src, tgt = state.source.structure, state.target.structure
@@ -124,6 +185,8 @@ class Match(Pass):
         vocabulary = {r.unit for r in bare_src + bare_tgt if r.count > 1 or len(r.unit) > 1}
         plan = build_plan(src.runs(vocabulary), tgt.runs(vocabulary),
                           state.source.index, state.target.index)
+        if self.overrides:
+            apply_overrides(plan, Path(self.overrides), state.source.index, state.target.index)
         if not plan.mappings:
             raise MatchError(
                 f"target {state.target.path} shares no structure with source {state.source.path}: "

@@ -159,6 +159,8 @@ class Resize(Pass):
             values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
                             transposed)
             for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
+                if weight.name in mapping.skip:
+                    continue
                 state.updates[weight.name] = stored_tensor(weight, backend.to_host(y), transposed)
                 state.report[weight.name] = {
                     "target": weight.name, "shape": list(weight.shape), "kind": weight.slot,

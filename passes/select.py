@@ -85,6 +85,8 @@ class Select(Pass):
         for mapping in plan.mappings:
             pairs = []
             for layer, target in enumerate(mapping.targets):
+                if target.name in mapping.skip:
+                    continue
                 if layer >= len(mapping.sources):
                     plan.kept.append(Kept(target, f"layer {layer} is past the source's "
                                                   f"{len(mapping.sources)} layers; weight "
