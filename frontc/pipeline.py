@@ -76,7 +76,8 @@ class Pass:
         return list(dataclasses.fields(cls))
 
     def text(self) -> str:
-        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in self.options())
+        opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in self.options()
+                        if getattr(self, f.name) != "")  # an unset path option says nothing
         return f"{self.name}{{{opts}}}" if opts else self.name
 
 
