@@ -13,6 +13,9 @@ Per depth group, when `resize` asks for it (`GeneStore.group`):
 4. Each layer's block, cut to the window the target can use ([:min(kh, h'), :min(kw, w')]),
    is stacked on a leading layer axis, and the same DCT is taken along it, keeping the first
    min(L_t, L_s) layer frequencies.
+A source tensor holding NaN or Inf is refused (InputError naming the file, tensor and node)
+unless `allow_nonfinite`: then those entries are missing values and take the mean of the
+tensor's finite values before rule 1 (a tensor with no finite value is refused anyway).
 Blocks come from the source model or from a learngene file (frontc.learngene): both run the
 same operations on the same float32 blocks, so they give byte-identical weights.
 
@@ -155,19 +158,36 @@ def width_block(values, view: tuple[int, ...], fixed: tuple[bool, ...], keep: tu
     return Block(d, mu, sigma, ss / (sigma + EPS) ** 2)
 
 
+def nonfinite_as_missing(weight: Weight, values: np.ndarray, where: str) -> np.ndarray:
+    """--allow-nonfinite: NaN and Inf entries are missing values and take the mean of the
+    tensor's finite values (a new array; `values` is not modified)."""
+    ok = np.isfinite(values)
+    if ok.all():
+        return values
+    if not ok.any():
+        raise InputError(f"{where}tensor '{weight.name}' (input {weight.port} of {weight.op.op_type} "
+                         f"node '{weight.op.name}') holds no finite value at all, nothing to "
+                         f"transfer even with --allow-nonfinite")
+    return np.where(ok, values, values[ok].mean(dtype=np.float64)).astype(values.dtype)
+
+
 def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Backend,
-                 source: str | os.PathLike = "") -> Block:
+                 source: str | os.PathLike = "", allow_nonfinite: bool = False) -> Block:
+    where = f"source {source}: " if source else "source "
     try:
         values, owned = canonical_values(weight)
+        if allow_nonfinite:
+            replaced = nonfinite_as_missing(weight, values, where)
+            values, owned = replaced, owned or replaced is not values
         return width_block(values, view_shape(weight.shape), view_fixed(weight),
                            kept_shape(weight, keep_ratio), convention, is_log(weight), backend,
                            weight.name, owned, stored_transposed(weight))
     except InputError as err:
         if "NaN or Inf" in str(err):
-            where = f"source {source}: " if source else "source "
             raise InputError(f"{where}tensor '{weight.name}' (input {weight.port} of "
                              f"{weight.op.op_type} node '{weight.op.name}') holds NaN or Inf "
-                             f"values") from None
+                             f"values; fix the source, or pass --allow-nonfinite to treat them "
+                             f"as missing (replaced by the tensor's finite mean)") from None
         raise
 
 
@@ -194,12 +214,13 @@ class DirectBlocks:
     """Width blocks computed from the source model's tensors."""
 
     def __init__(self, convention: str, keep_ratio: float, backend: Backend,
-                 source: str | os.PathLike = ""):
+                 source: str | os.PathLike = "", allow_nonfinite: bool = False):
         self.convention, self.keep_ratio, self.backend = convention, keep_ratio, backend
-        self.source = source
+        self.source, self.allow_nonfinite = source, allow_nonfinite
 
     def block(self, weight: Weight) -> Block:
-        return source_block(weight, self.convention, self.keep_ratio, self.backend, self.source)
+        return source_block(weight, self.convention, self.keep_ratio, self.backend, self.source,
+                            self.allow_nonfinite)
 
     def missing(self, weight: Weight) -> str | None:
         return None
@@ -280,10 +301,17 @@ class DCT(Pass):
                             "help": "DCT scaling: the published 'reference' or orthonormal 'ortho'"})
     keep_ratio: float = field(default=1.0, metadata={
         "help": "fraction of each width axis's frequencies kept in the learngene (0 < r <= 1)"})
+    allow_nonfinite: bool = field(default=False, metadata={
+        "help": "treat NaN/Inf source values as missing (the tensor's finite mean) instead of refusing"})
 
     def __post_init__(self):
         if not 0.0 < self.keep_ratio <= 1.0:
             raise InputError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
+
+    def text(self) -> str:
+        # Spelled out only when set, so that pipelines recorded before the option read the same.
+        text = super().text()
+        return text if self.allow_nonfinite else text.replace(",allow_nonfinite=False", "")
 
     def run(self, state: State) -> None:
         if state.plan is None:
@@ -297,5 +325,15 @@ class DCT(Pass):
                     state.plan.mappings.remove(mapping)
                     state.plan.kept.extend(Kept(w, reason) for w in mapping.targets)
         else:
-            blocks = DirectBlocks(self.convention, self.keep_ratio, backend, state.source_path)
+            for mapping in state.plan.mappings:
+                weight = mapping.sources[0]
+                if 0 in kept_shape(weight, self.keep_ratio):
+                    n = min(v for v, k in zip(view_shape(weight.shape), kept_shape(weight, self.keep_ratio))
+                            if k == 0)
+                    raise InputError(f"keep_ratio={self.keep_ratio} keeps int({n} x {self.keep_ratio}) = 0 "
+                                     f"frequencies of an axis of length {n} of source tensor "
+                                     f"'{weight.name}' (shape {list(weight.shape)}): use a larger "
+                                     f"keep ratio")
+            blocks = DirectBlocks(self.convention, self.keep_ratio, backend, state.source_path,
+                                  self.allow_nonfinite)
         state.genes = GeneStore(state.plan.mappings, blocks, self.convention, backend)
