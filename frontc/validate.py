@@ -1,10 +1,11 @@
 """Checks on a written model: onnx.checker, then one onnxruntime run with finite outputs.
 
-The checks run in a child process (`python -P frontc/validate.py MODEL`, which imports only
-onnx, onnxruntime and numpy): onnxruntime can crash outright on some valid graphs (a
-segmentation fault loading a LayerNormalization whose optional bias is empty, in 1.32), and
-such a crash must not take frontc down before it has removed its temporary output folder. A
-crash, a timeout or a failed check is a PipelineError (exit 1), the output is not written.
+The checks run in a child process (`python -P frontc/validate.py --serve`, which imports only
+onnx, onnxruntime and numpy, started on first use and reused): onnxruntime can crash outright
+on some valid graphs (a segmentation fault loading a LayerNormalization whose optional bias is
+empty, in 1.32), and such a crash must not take frontc down before it has removed its
+temporary output folder. A crash, a timeout or a failed check is a PipelineError (exit 1), the
+output is not written; the next check starts a fresh child.
 
 Models in float16 or bfloat16 that this onnxruntime build has no kernels for (bfloat16 on CPU,
 mostly) are run as their float32 twin instead: the same graph and weights with every float16 /
@@ -16,12 +17,16 @@ This module imports nothing from frontc at the top, so that the child process st
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +177,88 @@ def check_here(path: Path) -> None:
                           f"test input (NaN or Inf)")
 
 
+class _Checker:
+    """The child process that runs the checks: started on first use, then reused (one model
+    path in per line on stdin, one JSON result out per line on stdout), restarted after a
+    crash. It lives in its own session, so a Ctrl-C at the terminal reaches frontc only, which
+    then stops it; it ends when frontc closes its stdin or exits."""
+
+    def __init__(self):
+        self.proc: subprocess.Popen | None = None
+        self.errors = None
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.errors = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", str(Path(__file__).resolve()), "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, text=True,
+            bufsize=1, start_new_session=True)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            try:
+                proc.kill()
+                proc.wait(timeout=10)
+            except Exception:
+                pass
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    stream.close()
+                except Exception:
+                    pass
+
+    def last_error_line(self) -> str:
+        try:
+            self.errors.seek(0)
+            lines = self.errors.read().decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else "no output"
+        except Exception:
+            return "no output"
+
+    def ask(self, path: Path) -> dict:
+        """The child's answer for `path`; raises Crashed or TimeoutError."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self.stop()
+                self.start()
+            proc = self.proc
+            try:
+                proc.stdin.write(json.dumps({"path": str(path)}) + "\n")
+                proc.stdin.flush()
+                ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT_S)
+                line = proc.stdout.readline() if ready else None
+            except BrokenPipeError:
+                line = ""
+            except BaseException:          # an interrupt: the child's state is unknown
+                self.stop()
+                raise
+            if line is None:
+                self.stop()
+                raise TimeoutError
+            if not line:                   # the child died
+                code = proc.wait()
+                detail = self.last_error_line()
+                self.stop()
+                raise Crashed(code, detail)
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                self.stop()
+                raise Crashed(0, line.strip()[:200]) from None
+
+
+class Crashed(Exception):
+    def __init__(self, code: int, detail: str):
+        super().__init__(code, detail)
+        self.code, self.detail = code, detail
+
+
+_checker = _Checker()
+atexit.register(_checker.stop)
+
+
 def check_model(path: Path, isolate: bool = True) -> None:
     """Raise PipelineError unless `path` passes onnx.checker and runs with finite outputs.
 
@@ -185,33 +272,50 @@ def check_model(path: Path, isolate: bool = True) -> None:
         except Invalid as err:
             raise PipelineError(str(err)) from None
         return
-    command = [sys.executable, "-P", str(Path(__file__).resolve()), str(Path(path).resolve())]
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+        result = _checker.ask(Path(path).resolve())
+    except TimeoutError:
         raise PipelineError(f"checking the written model took over {TIMEOUT_S:.0f} s "
                             f"(FRONTC_VALIDATE_TIMEOUT; --no-validate skips the check)") from None
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        raise PipelineError(f"onnxruntime crashed ({name}) checking the written model, whose "
-                            f"graph is the target's: check the target itself with onnxruntime, "
-                            f"or skip the check with --no-validate") from None
-    lines = proc.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else None
-    except json.JSONDecodeError:
-        result = None
-    if not isinstance(result, dict) or proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise PipelineError(f"checking the written model failed (exit {proc.returncode}): {last}")
+    except Crashed as crash:
+        if crash.code < 0:
+            name = signal.Signals(-crash.code).name
+            raise PipelineError(f"onnxruntime crashed ({name}) checking the written model, whose "
+                                f"graph is the target's: check the target itself with "
+                                f"onnxruntime, or skip the check with --no-validate") from None
+        raise PipelineError(f"checking the written model failed (exit {crash.code}): "
+                            f"{crash.detail}") from None
     if result.get("error"):
         raise PipelineError(result["error"])
 
 
-if __name__ == "__main__":   # the child process of check_model
+def _serve() -> None:
+    """The child: one model path per line in, one JSON result per line out."""
     try:
-        check_here(Path(sys.argv[1]))
-        print(json.dumps({"ok": True}))
-    except Invalid as err:
-        print(json.dumps({"error": str(err)}))
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(4)
+    except Exception:
+        pass
+    for line in sys.stdin:
+        try:
+            check_here(Path(json.loads(line)["path"]))
+            answer = {"ok": True}
+        except Invalid as err:
+            answer = {"error": str(err)}
+        except Exception as err:    # a bug in the checks themselves: report it, keep serving
+            answer = {"error": f"checking the written model failed: {type(err).__name__}: {err}"}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":   # the child process of check_model
+    if sys.argv[1:] == ["--serve"]:
+        _serve()
+    else:                    # one model, by hand: python -P frontc/validate.py MODEL
+        try:
+            check_here(Path(sys.argv[1]))
+            print(json.dumps({"ok": True}))
+        except Invalid as err:
+            print(json.dumps({"error": str(err)}))
+            sys.exit(1)
