@@ -161,7 +161,7 @@ class Pipeline:
 
     @classmethod
     def from_text(cls, text: str = DEFAULT_PIPELINE, **defaults: Any) -> "Pipeline":
-        return cls(parse(text, defaults)).check()
+        return cls(parse(text, defaults))
 
     def check(self, given: tuple[str, ...] = ()) -> "Pipeline":
         """Refuse a pipeline whose passes read what no earlier pass writes."""
@@ -181,6 +181,8 @@ class Pipeline:
 
     def run(self, state: State, after: Callable[[Pass, State], None] | None = None) -> State:
         """Run every pass in order; `after(pass, state)` is called after each (debugging)."""
+        self.check(tuple(f for f in ("source", "target", "plan", "genes", "updates", "report")
+                         if getattr(state, f)))
         state.pipeline = state.pipeline or self.text()
         for p in self.passes:
             p.run(state)
