@@ -167,11 +167,17 @@ def test_a_crash_of_the_checking_process_is_an_error_not_a_crash(tmp_path, monke
     crasher = tmp_path / "crash.sh"
     crasher.write_text("#!/bin/sh\nkill -SEGV $$\n")
     crasher.chmod(0o755)
+    from frontc import validate
+
+    validate._checker.stop()        # the next check starts a child: the crashing one
     monkeypatch.setattr(sys, "executable", str(crasher))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(PipelineError, match="crashed \\(SIGSEGV\\)"):
-        frontc.transfer(source, target, out_dir / "o.onnx")
+    try:
+        with pytest.raises(PipelineError, match="crashed \\(SIGSEGV\\)"):
+            frontc.transfer(source, target, out_dir / "o.onnx")
+    finally:
+        validate._checker.stop()
     assert list(out_dir.iterdir()) == []
 
 
