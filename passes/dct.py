@@ -297,6 +297,8 @@ def extract(layers: list[Weight], convention: str, keep_ratio: float, backend: B
 class DCT(Pass):
     name = "dct"
     summary = "standardize source tensors, DCT them (width and depth), keep the low frequencies"
+    reads = ('plan',)
+    writes = ('genes',)
     convention: str = field(default="reference", metadata={"choices": dct.CONVENTIONS,
                             "help": "DCT scaling: the published 'reference' or orthonormal 'ortho'"})
     keep_ratio: float = field(default=1.0, metadata={
