@@ -82,7 +82,7 @@ class WeightIndex:
 
 def _stored_tensor(value: ir.Value):
     """(holder, tensor, perm, plumbing nodes) if `value` is a constant weight, else None."""
-    perm: tuple[int, ...] | None = None
+    steps: list[tuple[int, ...] | None] = []
     chain = []
     while True:
         if value.const_value is not None:
@@ -106,16 +106,17 @@ def _stored_tensor(value: ir.Value):
             return None
         chain.append(node)
         if node.op_type == "Transpose":
-            rank = len(value.shape) if value.shape is not None else None
             step = node.attributes.get("perm")
-            step = tuple(step.value) if step is not None else tuple(reversed(range(rank or 0)))
-            # perm maps the consumer's view back to stored axes: compose outermost last.
-            perm = step if perm is None else tuple(step[i] for i in perm)
+            steps.append(tuple(step.value) if step is not None else None)  # None: reverse all
         value = node.inputs[0]
     if tensor.dtype not in FLOAT_TYPES or tensor.size <= 1:
         return None
     rank = len(tensor.shape)
-    return holder, tensor, perm if perm is not None else tuple(range(rank)), chain
+    perm = tuple(range(rank))  # maps the consumer's view back to stored axes, outermost last
+    for step in steps:
+        step = step or tuple(reversed(range(rank)))
+        perm = tuple(step[i] for i in perm)
+    return holder, tensor, perm, chain
 
 
 def _is_attention_mask(op: ir.Node, port: int) -> bool:

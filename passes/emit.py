@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 import frontc
 from frontc import modelio
-from frontc.errors import PipelineError
+from frontc.errors import InputError, PipelineError
 from frontc.pipeline import Pass, State
 from frontc.validate import check_model
 
@@ -39,8 +39,13 @@ def apply_updates(state: State) -> None:
             old = node.inputs[port]
             node.replace_input_with(port, value)
             if isinstance(weight.holder, ir.Node) and not weight.holder.outputs[0].uses():
+                shape = weight.holder.inputs[0]
                 graph.remove(weight.holder, safe=True)  # the ConstantOfShape left dangling
                 old.name = None
+                if shape.is_initializer() and not shape.uses():  # and its shape constant
+                    graph.initializers.pop(shape.name)
+                    if shape in graph.inputs:
+                        graph.inputs.remove(shape)
             graph.register_initializer(value)
             if state.target.model.ir_version < 4:  # IR 3 lists every initializer as an input
                 graph.inputs.append(value)
@@ -77,4 +82,12 @@ class Emit(Pass):
         with modelio.AtomicOutput(state.output_path) as tmp:
             modelio.save(model, tmp)
             if state.validate:
-                check_model(tmp)
+                try:
+                    check_model(tmp)
+                except PipelineError as err:  # is it frontc's fault, or was the target broken?
+                    try:
+                        check_model(state.target_path)
+                    except PipelineError:
+                        raise InputError(f"target {state.target_path} fails the same checks on "
+                                         f"its own: {err}") from None
+                    raise

@@ -22,8 +22,9 @@ def test_large_output_goes_to_external_data(exported, tmp_path, monkeypatch):
 def test_failed_validation_leaves_no_file(exported, tmp_path, monkeypatch):
     import frontc.passes.emit as emit
 
-    def refuse(path):
-        raise PipelineError("refused for the test")
+    def refuse(path):  # the written output fails; the target itself passes
+        if path.name == "out.onnx":
+            raise PipelineError("refused for the test")
 
     monkeypatch.setattr(emit, "check_model", refuse)
     out = tmp_path / "out.onnx"
@@ -32,3 +33,16 @@ def test_failed_validation_leaves_no_file(exported, tmp_path, monkeypatch):
         frontc.transfer(exported("MLP", "legacy", 1), exported("MLP", "legacy", 2), out)
     assert out.read_bytes() == b"previous output"             # replaced only whole, or not at all
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]  # no temp folder left
+
+
+def test_a_target_that_fails_on_its_own_is_bad_input(exported, tmp_path, monkeypatch):
+    import frontc.passes.emit as emit
+    from frontc.errors import InputError
+
+    def refuse(path):
+        raise PipelineError("onnxruntime cannot run it")
+
+    monkeypatch.setattr(emit, "check_model", refuse)
+    with pytest.raises(InputError, match="fails the same checks on its own"):
+        frontc.transfer(exported("MLP", "legacy", 1), exported("MLP", "legacy", 2), tmp_path / "out.onnx")
+    assert list(tmp_path.iterdir()) == []
