@@ -154,10 +154,11 @@ def test_atomic_output_when_the_rename_fails(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- native crashes
 
 def test_a_crash_of_the_checking_process_is_an_error_not_a_crash(tmp_path, monkeypatch):
-    """onnxruntime runs in a child process: if it dies (SIGSEGV), frontc reports it (exit 1)
-    and still removes its temporary folder."""
+    """onnxruntime runs in a child process: if it dies (SIGSEGV), frontc reports it and still
+    removes its temporary folder. (Here every check crashes, the target's own as well, so the
+    error blames the target: exit 2.)"""
     import frontc
-    from frontc.errors import PipelineError
+    from frontc.errors import InputError
 
     sys.path.insert(0, str(ROOT / "tests"))
     import onnxedit as oe
@@ -174,7 +175,7 @@ def test_a_crash_of_the_checking_process_is_an_error_not_a_crash(tmp_path, monke
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     try:
-        with pytest.raises(PipelineError, match="crashed \\(SIGSEGV\\)"):
+        with pytest.raises(InputError, match="fails the same checks on its own: .*crashed \\(SIGSEGV\\)"):
             frontc.transfer(source, target, out_dir / "o.onnx")
     finally:
         validate._checker.stop()
@@ -183,8 +184,9 @@ def test_a_crash_of_the_checking_process_is_an_error_not_a_crash(tmp_path, monke
 
 def test_target_that_crashes_onnxruntime(tmp_path):
     """A valid target whose LayerNormalization leaves its optional bias empty: onnxruntime 1.32
-    crashes (SIGSEGV) creating a session for it. frontc survives it: one line, exit 1, nothing
-    left (or, with an onnxruntime that does not crash, a normal transfer)."""
+    crashes (SIGSEGV) creating a session for it. frontc survives it: one line, exit 2 (the target
+    fails on its own), nothing left (or, with an onnxruntime that does not crash, a normal
+    transfer)."""
     from click.testing import CliRunner
 
     from frontc.cli import main
@@ -210,6 +212,7 @@ def test_target_that_crashes_onnxruntime(tmp_path):
     if result.exit_code == 0:
         assert [p.name for p in out_dir.iterdir()] == ["o.onnx"]
         return
-    assert result.exit_code == 1 and "crashed (SIGSEGV)" in result.stderr
+    assert result.exit_code == 2 and "crashed (SIGSEGV)" in result.stderr
+    assert "fails the same checks on its own" in result.stderr
     assert result.stderr.count("\n") == 1
     assert list(out_dir.iterdir()) == []
