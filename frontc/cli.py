@@ -366,7 +366,7 @@ def list_passes():
 
     \b
     Example:
-      frontc --plugin examples/passes/copy_embeddings.py passes
+      frontc --plugin examples/plugin/frontc_copy_embeddings/copy_embeddings.py passes
     """
     from frontc import plugins
 

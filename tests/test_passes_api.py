@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from helpers import ROOT, digest, frontc_cli
 
-TUTORIAL = ROOT / "examples" / "passes" / "copy_embeddings.py"
+TUTORIAL = ROOT / "examples" / "plugin" / "frontc_copy_embeddings" / "copy_embeddings.py"
 PIPELINE = "canonicalize,match,dct,resize,copy-embeddings{scale=1.0},emit"
 
 
@@ -53,12 +53,13 @@ def test_tutorial_pass_from_a_file(pair, tmp_path):
 def test_tutorial_pass_as_an_installed_plugin(pair, tmp_path):
     site = tmp_path / "site"
     (site / "frontc_copy_embeddings").mkdir(parents=True)
-    shutil.copy(ROOT / "examples/plugin/frontc_copy_embeddings/__init__.py", site / "frontc_copy_embeddings")
+    shutil.copytree(ROOT / "examples/plugin/frontc_copy_embeddings", site / "frontc_copy_embeddings",
+                    dirs_exist_ok=True)
     info = site / "frontc_copy_embeddings-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: frontc-copy-embeddings\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text(
-        "[frontc.passes]\ncopy-embeddings = frontc_copy_embeddings:CopyEmbeddings\n")
+        "[frontc.passes]\ncopy-embeddings = frontc_copy_embeddings.copy_embeddings:CopyEmbeddings\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
     run = lambda *a: subprocess.run([sys.executable, "-m", "frontc", *map(str, a)],  # noqa: E731
                                     capture_output=True, text=True, env=env)
