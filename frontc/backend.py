@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -54,6 +55,44 @@ def _matrix(kind: str, n: int, k: int, convention: str, dtype: str) -> np.ndarra
     return out
 
 
+class Scratch:
+    """Reusable host buffers for the large transient arrays (tensors read, width blocks, layer
+    stacks). A fresh large array costs a page fault per 4 KiB page on first touch, which on
+    a busy or virtualized machine can cost more than the DCT itself; buffers handed back are
+    reused for later requests of at most their size. At most `keep` buffers are kept."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        """A uint8 buffer of at least `nbytes` (its contents are undefined)."""
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.nbytes >= nbytes]
+            if fits:
+                return self._free.pop(min(fits, key=lambda i: self._free[i].nbytes))
+        return np.empty(max(nbytes, 1), dtype=np.uint8)
+
+    def give(self, buffer: np.ndarray | None) -> None:
+        if buffer is None:
+            return
+        with self._lock:
+            self._free.append(buffer)
+            if len(self._free) > self.keep:
+                self._free.pop(min(range(len(self._free)), key=lambda i: self._free[i].nbytes))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def array(self, shape: tuple[int, ...], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(an array of `shape` and `dtype` in a taken buffer, the buffer to give back)."""
+        dtype = np.dtype(dtype)
+        raw = self.take(int(np.prod(shape)) * dtype.itemsize)
+        return raw[:int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape), raw
+
+
 class Backend:
     """NumPy + SciPy on the CPU (`scipy.fft` with `workers`)."""
 
@@ -66,6 +105,7 @@ class Backend:
         self.fft = scipy.fft
         self.workers = workers or os.cpu_count() or 1
         self.threads = self.workers
+        self.scratch: Scratch | None = Scratch(keep=2 * self.threads + 4)
 
     # -- arrays -----------------------------------------------------------------------------
     def asarray(self, values, dtype) -> np.ndarray:
@@ -81,8 +121,9 @@ class Backend:
         return n <= MATRIX_MAX[self.name]
 
     # -- DCT primitives ----------------------------------------------------------------------
-    def _along(self, m, x, axis: int):
-        """Apply matrix m [out, in] along `axis` of x."""
+    def _along(self, m, x, axis: int, out=None):
+        """Apply matrix m [out, in] along `axis` of x (axis 0: into `out` when given, an
+        array of m.shape[0] * the other axes' size elements)."""
         xp = self.xp
         if x.ndim == 1:
             return m @ x
@@ -91,8 +132,12 @@ class Backend:
             arr = x.transpose(order)
             if not arr.flags.c_contiguous:
                 arr = xp.ascontiguousarray(arr)
-            out = (m @ arr.reshape(arr.shape[0], -1)).reshape((m.shape[0],) + arr.shape[1:])
-            return out.transpose(np.argsort(order).tolist())
+            flat = arr.reshape(arr.shape[0], -1)
+            if out is not None:
+                res = xp.matmul(m, flat, out=out.reshape(m.shape[0], flat.shape[1]))
+            else:
+                res = m @ flat
+            return res.reshape((m.shape[0],) + arr.shape[1:]).transpose(np.argsort(order).tolist())
         if axis == x.ndim - 1:
             return x @ m.T
         return xp.moveaxis(xp.tensordot(m, x, axes=([1], [axis])), 0, axis)
@@ -101,12 +146,14 @@ class Backend:
         return {"workers": workers or self.workers}
 
     def forward(self, x, axis: int, keep: int, convention: str, workers: int | None = None,
-                overwrite: bool = False):
+                overwrite: bool = False, out=None):
         """The first `keep` DCT-II coefficients of x along `axis` (frontc.dct's scaling); with
-        `overwrite`, x may be used as the output buffer (the FFT form runs in place)."""
+        `overwrite`, x may be used as the output buffer (the FFT form runs in place); `out`:
+        where the matrix form along axis 0 writes."""
         n = x.shape[axis]
         if self.use_matrix(n):
-            return self._along(self.matrix("forward", n, keep, convention, x.dtype), x, axis)
+            return self._along(self.matrix("forward", n, keep, convention, x.dtype), x, axis,
+                               out if axis == 0 else None)
         if keep < n:   # transform in place, then halve / keep only the kept part
             index = [slice(None)] * x.ndim
             index[axis] = slice(0, keep)
@@ -122,15 +169,18 @@ class Backend:
             c *= c.dtype.type(0.5)
         return c
 
-    def inverse(self, c, axis: int, length: int, convention: str, workers: int | None = None):
-        """The inverse DCT at `length` of the coefficients c along `axis` (missing ones are 0)."""
+    def inverse(self, c, axis: int, length: int, convention: str, workers: int | None = None,
+                out=None):
+        """The inverse DCT at `length` of the coefficients c along `axis` (missing ones are 0);
+        `out`: where the matrix form along axis 0 writes."""
         k = c.shape[axis]
         if k > length:             # the inverse at length M uses the first M coefficients
             index = [slice(None)] * c.ndim
             index[axis] = slice(0, length)
             c, k = c[tuple(index)], length
         if self.use_matrix(length):
-            return self._along(self.matrix("inverse", length, k, convention, c.dtype), c, axis)
+            return self._along(self.matrix("inverse", length, k, convention, c.dtype), c, axis,
+                               out if axis == 0 else None)
         norm = "ortho" if convention == "ortho" else None
         x = self.fft.idct(c, type=2, n=length, axis=axis, norm=norm, **self._fft_kwargs(workers))
         if convention != "ortho":
@@ -148,6 +198,7 @@ class CupyBackend(Backend):
         self.fft = fft
         self.workers = 1
         self.threads = 1          # one stream: tensors run one after another on the device
+        self.scratch = None       # CuPy keeps its own memory pool
 
     def asarray(self, values, dtype):
         return self.xp.asarray(np.ascontiguousarray(values) if isinstance(values, np.ndarray) and

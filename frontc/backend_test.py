@@ -52,6 +52,19 @@ def test_select_devices(monkeypatch):
         B.select("tpu")
 
 
+def test_cli_device_cuda_without_a_gpu_exits_2(exported, tmp_path):
+    from helpers import frontc_cli
+
+    if real_gpu():
+        pytest.skip("a GPU is available here")
+    source, target = exported("MLP", "legacy", 1), exported("MLP", "legacy", 2)
+    result = frontc_cli("transfer", source, target, "-o", tmp_path / "o.onnx", "--device", "cuda")
+    assert result.returncode == 2 and "--device cuda: no usable GPU" in result.stderr
+    assert not (tmp_path / "o.onnx").exists()
+    assert frontc_cli("transfer", source, target, "-o", tmp_path / "o.onnx", "--device", "auto",
+                      "-q").returncode == 0
+
+
 def fake_cupy(monkeypatch, available=True):
     """A `cupy` whose arrays are NumPy arrays: enough to run the CuPy backend's code paths."""
     cp = types.ModuleType("cupy")

@@ -201,6 +201,8 @@ def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backe
             assert f.tell() == start + offsets[i + 1]
             f.write(memoryview(data).cast("B"))
             stats[i] = (block.mean, block.std, block.energy)
+            del data
+            block.release(backend)
             advance()
         f.seek(start)
         f.write(stats.tobytes())
@@ -342,22 +344,29 @@ class Learngene:
             if spec.get("dtype") != e.dtype or spec.get("shape") != e.stored:
                 raise InputError(f"learngene {path}: tensor {e.key} is {spec.get('dtype')} "
                                  f"{spec.get('shape')}, expected {e.dtype} {e.stored} (corrupt)")
-        self.stats = self._read("stats", "F64", [len(self.entries), 3])
+        self.stats = self._read("stats", "F64", [len(self.entries), 3])[0]
         self.by_name = {e.name: (i, e) for i, e in enumerate(self.entries)}
         self.view = ModelView(path, model, index, analyze(model, index))
 
-    def _read(self, key: str, dtype: str, shape: list[int]) -> np.ndarray:
+    def _read(self, key: str, dtype: str, shape: list[int], scratch=None) -> tuple[np.ndarray, object]:
+        """(the tensor, the scratch buffer holding it or None)."""
         spec = self.tensors[key]
         if spec.get("dtype") != dtype or spec.get("shape") != shape:
             raise InputError(f"learngene {self.path}: tensor {key} is {spec.get('dtype')} "
                              f"{spec.get('shape')}, expected {dtype} {shape} (corrupt)")
         begin, end = spec["data_offsets"]
-        count = int(np.prod(shape))
-        values = np.fromfile(self.path, dtype=np.dtype(_NUMPY[dtype]).newbyteorder("<"),
-                             count=count, offset=self.data_start + begin)
-        if values.size != count or end - begin != values.nbytes:
+        kind = np.dtype(_NUMPY[dtype]).newbyteorder("<")
+        nbytes = int(np.prod(shape)) * kind.itemsize
+        raw = scratch.take(nbytes) if scratch is not None else np.empty(max(nbytes, 1), np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self.data_start + begin)
+            got = f.readinto(memoryview(raw)[:nbytes])
+        if got != nbytes or end - begin != nbytes:
+            if scratch is not None:
+                scratch.give(raw)
             raise InputError(f"learngene {self.path}: tensor {key} is truncated (corrupt)")
-        return values.reshape(shape).astype(_NUMPY[dtype], copy=False)
+        values = raw[:nbytes].view(kind).reshape(shape)
+        return values, (raw if scratch is not None else None)
 
     @property
     def options(self) -> dict:
@@ -424,8 +433,8 @@ class FileBlocks:
         if stored is None:        # a constant: computed exactly as a direct transfer does
             return source_block(weight, self.gene.convention, self.gene.keep_ratio, self.backend)
         i, entry = self.gene.by_name[stored.name]
-        values = self.gene._read(entry.key, entry.dtype, entry.stored)
+        values, raw = self.gene._read(entry.key, entry.dtype, entry.stored, self.backend.scratch)
         values = self.backend.asarray(values, values.dtype)
         values = values.T if entry.transposed else values      # the same layout as computed
         mean, std, energy = (float(v) for v in self.gene.stats[i])
-        return Block(values, mean, std, energy)
+        return Block(values, mean, std, energy, raw)

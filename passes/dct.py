@@ -55,6 +55,12 @@ class Block:
     mean: float
     std: float
     energy: float             # sum of squares of the standardized tensor (before truncation)
+    raw: object = None        # the scratch buffer holding `coeffs`, handed back once copied
+
+    def release(self, backend: Backend) -> None:
+        if backend.scratch is not None and self.raw is not None:
+            backend.scratch.give(self.raw)
+        self.raw = self.coeffs = None
 
 
 def view_fixed(weight: Weight) -> tuple[bool, ...]:
@@ -84,43 +90,78 @@ def is_log(weight: Weight) -> bool:
     return weight.slot == "bn.var"
 
 
-def canonical_values(weight: Weight) -> tuple[np.ndarray, bool]:
-    """(the weight in canonical layout, whether that memory is ours to overwrite), read without
-    keeping anything: external data is read from its file (no memory map stays open), other
-    tensors are viewed in place."""
-    if type(weight) is not Weight:        # a derived weight (BatchNorm folded in, a stand-in)
-        return np.asarray(weight.array()), True
+def canonical_values(weight: Weight, dtype=None, scratch=None) -> tuple[np.ndarray, object, bool]:
+    """(the weight in canonical layout, the scratch buffer holding it or None, whether that
+    memory is ours to overwrite). External data is read from its file (no memory map stays
+    open); with a `scratch`, values land in a reused buffer in `dtype` (other tensors are
+    copied there, so the FFT can run in place); without, other tensors are viewed in place."""
+    from frontc.weights import StandIn
+
+    if isinstance(weight, StandIn) and weight.value is None:
+        weight = weight.like                 # the same values under another kind
+    if type(weight) is not Weight:           # a derived weight (BatchNorm folded in, a constant)
+        return np.asarray(weight.array()), None, True
     tensor = weight.tensor
+    shape = tuple(int(d) for d in tensor.shape)
+    raw = None
     if isinstance(tensor, ir.ExternalTensor):
         path = Path(tensor.path)
         base = Path(tensor.base_dir).resolve() if tensor.base_dir else None
         if base is not None and base not in path.resolve().parents:
             raise InputError(f"external data of tensor '{weight.name}' ({path}) lies outside the "
                              f"model's folder {base}; refusing to read it")
-        dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
-        stored = np.fromfile(path, dtype=dtype, count=tensor.size, offset=tensor.offset or 0)
-        if stored.size != tensor.size:
+        stored_dtype = np.dtype(tensor.dtype.numpy()).newbyteorder("<")
+        nbytes = tensor.size * stored_dtype.itemsize
+        raw = scratch.take(nbytes) if scratch is not None else np.empty(nbytes, dtype=np.uint8)
+        with open(path, "rb") as f:
+            f.seek(tensor.offset or 0)
+            got = f.readinto(memoryview(raw)[:nbytes])
+        if got != nbytes:
             raise InputError(f"external data file {path} is too short for tensor '{weight.name}'")
-        stored, owned = stored.reshape(tuple(tensor.shape.numpy())), True
+        stored, owned = raw[:nbytes].view(stored_dtype).reshape(shape), True
+        if scratch is None:
+            raw = None
     else:
         stored, owned = np.asarray(tensor.numpy()), False
-    return np.transpose(stored, weight.perm), owned
+    if scratch is not None and dtype is not None and (not owned or stored.dtype != dtype):
+        into, into_raw = scratch.array(shape, dtype)
+        np.copyto(into, stored, casting="unsafe")
+        scratch.give(raw)
+        stored, raw, owned = into, into_raw, True
+    return np.transpose(stored, weight.perm), raw, owned
 
 
-def _sum_squares(x) -> float:
-    """sum(x**2) accumulated in float64, in cache-sized chunks (no full-size temporary)."""
+def _moments(x) -> tuple[float, float]:
+    """(sum(x), sum(x**2)) accumulated in float64, in one pass of cache-sized chunks."""
     flat = x.reshape(-1)
     if not isinstance(flat, np.ndarray):           # CuPy
-        return float((flat * flat).sum(dtype=np.float64))
-    step = 1 << 18
+        return float(flat.sum(dtype=np.float64)), float((flat * flat).sum(dtype=np.float64))
+    step = 1 << 16
     tmp = np.empty(min(step, flat.size), dtype=flat.dtype)
-    total = 0.0
+    s1 = s2 = 0.0
     for start in range(0, flat.size, step):
         chunk = flat[start:start + step]
         part = tmp[:chunk.size]
+        s1 += float(np.add.reduce(chunk, dtype=np.float64))
         np.multiply(chunk, chunk, out=part)
-        total += float(part.sum(dtype=np.float64))
+        s2 += float(np.add.reduce(part, dtype=np.float64))
+    return s1, s2
+
+
+def _centered_squares(x, mu: float) -> float:
+    """sum((x - mu)**2) in float64 (the exact second pass, for tensors far from zero mean)."""
+    flat = x.reshape(-1)
+    step = 1 << 16
+    total = 0.0
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step].astype(np.float64) - mu
+        total += float((chunk * chunk).sum())
     return total
+
+
+def dc_scale(n: int, convention: str) -> float:
+    """The DC coefficient of a constant 1 of length n: n (reference) or sqrt(n) (ortho)."""
+    return float(n) if convention != "ortho" else float(n) ** 0.5
 
 
 def width_block(values, view: tuple[int, ...], fixed: tuple[bool, ...], keep: tuple[int, ...],
@@ -128,33 +169,54 @@ def width_block(values, view: tuple[int, ...], fixed: tuple[bool, ...], keep: tu
                 owned: bool = False, flip: bool = False) -> Block:
     """Rules 1-3 for one tensor: standardize, view, DCT each unfixed axis, keep the corner.
 
-    Every step runs in place over the tensor in memory order: with `flip` (a 2-D weight stored
-    transposed) on its [in, out] base, and the block comes back as a transposed view. `owned`
-    says `values` may be overwritten."""
+    The DCT is linear, so the tensor is transformed as it is and standardized afterwards, on
+    the kept block only: mu (times the DC of a constant) comes off the DC coefficients, then
+    everything is divided by sigma + 1e-8. The statistics come from one float64 pass over
+    the values. Every step runs in memory order: with `flip` (a 2-D weight stored
+    transposed) on its [in, out] base, the block coming back as a transposed view. `owned`
+    says `values` may be overwritten (the first FFT then runs in place)."""
     xp = backend.xp
     dtype = np.float64 if values.dtype == np.float64 else np.float32
     base = values.T if flip else values
     x = backend.asarray(base, dtype)
-    if isinstance(x, np.ndarray) and (not x.flags.writeable or not x.flags.c_contiguous or
-                                      (not owned and np.may_share_memory(x, values))):
-        x = np.array(x, order="C")          # never write into the model's own memory
+    if isinstance(x, np.ndarray):
+        mine = owned or not np.may_share_memory(x, values)
+        if not x.flags.c_contiguous or (log and not (mine and x.flags.writeable)):
+            x, mine = np.array(x, order="C"), True
+        writable = mine and x.flags.writeable
+    else:
+        writable = True                      # a fresh device array
     if log:
         xp.log(xp.maximum(x, dtype(1e-12), out=x), out=x)
-    mu = float(x.mean(dtype=np.float64))
-    if not np.isfinite(mu):            # any NaN or Inf makes the mean NaN or Inf
+    s1, s2 = _moments(x)
+    n = x.size
+    mu = s1 / n
+    if not np.isfinite(mu) or not np.isfinite(s2):     # NaN or Inf anywhere
         raise InputError(f"source tensor '{name}' holds NaN or Inf values")
-    x -= dtype(mu)
-    ss = _sum_squares(x)
-    sigma = (ss / max(x.size - 1, 1)) ** 0.5
+    ss = max(s2 - n * mu * mu, 0.0)
+    if ss <= 1e-6 * s2 and isinstance(x, np.ndarray):  # mean >> spread: no cancellation
+        ss = _centered_squares(x, mu)
+    sigma = (ss / max(n - 1, 1)) ** 0.5
     d = (x.T if flip else x).reshape(view)
-    # Contiguous axis first, in place; the order depends only on the stored layout, so a
-    # learngene file and a direct transfer agree.
+    transformed = [a for a in range(len(view)) if not fixed[a]]
+    if not transformed:
+        d = d - dtype(mu)
+    # Contiguous axis first; the order depends only on the stored layout, so a learngene file
+    # and a direct transfer run the same operations.
     for axis in sorted(range(len(view)), key=lambda a: (d.strides[a], -a)):
         if not fixed[axis]:
-            d = backend.forward(d, axis, keep[axis], convention, workers=1, overwrite=True)
+            d = backend.forward(d, axis, keep[axis], convention, workers=1, overwrite=writable)
+            writable = True
         elif keep[axis] < view[axis]:
             d = d[(slice(None),) * axis + (slice(0, keep[axis]),)]
-    d /= dtype(sigma + EPS)           # standardize the kept block only (the DCT is linear)
+    if ss == 0.0:                     # a constant: the standardized tensor is exactly zero
+        d[...] = 0
+    elif transformed and d.size:
+        dc = mu
+        for a in transformed:
+            dc *= dc_scale(view[a], convention)
+        d[tuple(0 if a in transformed else slice(None) for a in range(len(view)))] -= dtype(dc)
+    d /= dtype(sigma + EPS)
     return Block(d, mu, sigma, ss / (sigma + EPS) ** 2)
 
 
@@ -174,14 +236,17 @@ def nonfinite_as_missing(weight: Weight, values: np.ndarray, where: str) -> np.n
 def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Backend,
                  source: str | os.PathLike = "", allow_nonfinite: bool = False) -> Block:
     where = f"source {source}: " if source else "source "
+    raw = None
     try:
-        values, owned = canonical_values(weight)
+        values, raw, owned = canonical_values(weight, compute_dtype(weight.dtype), backend.scratch)
         if allow_nonfinite:
             replaced = nonfinite_as_missing(weight, values, where)
             values, owned = replaced, owned or replaced is not values
-        return width_block(values, view_shape(weight.shape), view_fixed(weight),
-                           kept_shape(weight, keep_ratio), convention, is_log(weight), backend,
-                           weight.name, owned, stored_transposed(weight))
+        block = width_block(values, view_shape(weight.shape), view_fixed(weight),
+                            kept_shape(weight, keep_ratio), convention, is_log(weight), backend,
+                            weight.name, owned, stored_transposed(weight))
+        block.raw, raw = raw, None
+        return block
     except InputError as err:
         if "NaN or Inf" in str(err):
             raise InputError(f"{where}tensor '{weight.name}' (input {weight.port} of "
@@ -189,6 +254,9 @@ def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Ba
                              f"values; fix the source, or pass --allow-nonfinite to treat them "
                              f"as missing (replaced by the tensor's finite mean)") from None
         raise
+    finally:
+        if raw is not None and backend.scratch is not None:
+            backend.scratch.give(raw)
 
 
 def in_order(fn: Callable, items: Iterable, threads: int) -> Iterator:
@@ -237,6 +305,23 @@ class GeneStore(MappingABC):
     def __init__(self, mappings: list[Mapping], blocks, convention: str, backend: Backend):
         self.by_key = {m.key: m for m in mappings}
         self.blocks, self.convention, self.backend = blocks, convention, backend
+        self._buffers: dict[str, np.ndarray] = {}    # the streaming path's reused stack and output
+
+    def release(self) -> None:
+        """Drop the reused buffers (resize calls this when the last group is done)."""
+        self._buffers.clear()
+        if self.backend.scratch is not None:
+            self.backend.scratch.clear()
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype, reuse: bool):
+        xp = self.backend.xp
+        if not reuse or self.backend.scratch is None:
+            return xp.empty(shape, dtype=dtype)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raw = self._buffers.get(name)
+        if raw is None or raw.nbytes < nbytes:
+            raw = self._buffers[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+        return raw[:nbytes].view(dtype).reshape(shape)
 
     def __getitem__(self, key: str) -> Gene:
         """The whole gene of a mapping: all kept width coefficients, all layer frequencies."""
@@ -259,8 +344,11 @@ class GeneStore(MappingABC):
     def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
               blocks: Iterator[Block] | None = None) -> Gene:
         """Rule 4: the layers' blocks cut to `window`, stacked, DCT along the layer axis keeping
-        `depth_keep` frequencies. `blocks` (from `stream`) supplies the layers' blocks."""
-        be, xp = self.backend, self.backend.xp
+        `depth_keep` frequencies. `blocks` (from `stream`) supplies the layers' blocks; then
+        the stack and the result live in buffers reused by the next call (the caller is done
+        with a gene before it asks for the next)."""
+        be = self.backend
+        reuse = blocks is not None
         cut = tuple(slice(0, n) for n in window)
         flip = stored_transposed(sources[0])      # stack [in, out] blocks in that memory order
         stack, means, stds, energy = None, [], [], 0.0
@@ -271,16 +359,19 @@ class GeneStore(MappingABC):
             part = block.coeffs[cut]
             part = part.T if flip else part
             if stack is None:
-                stack = xp.empty((len(sources),) + part.shape, dtype=part.dtype)
+                stack = self._buffer("stack", (len(sources),) + part.shape, part.dtype, reuse)
             stack[i] = part
             means.append(block.mean)
             stds.append(block.std)
             energy += block.energy
-            del block, part
+            del part
+            block.release(be)
         if flip:
             stack = stack.transpose(0, 2, 1)
         if len(sources) > 1 or depth_keep != 1:
-            stack = be.forward(stack, 0, depth_keep, self.convention)
+            rest = int(np.prod(stack.shape[1:]))
+            out = self._buffer("depth", (depth_keep * rest,), stack.dtype, reuse) if reuse else None
+            stack = be.forward(stack, 0, depth_keep, self.convention, out=out)
         first = sources[0]
         return Gene(stack, view_shape(first.shape), np.array(means), np.array(stds), energy,
                     self.convention, is_log(first), fixed=view_fixed(first))

@@ -171,3 +171,4 @@ class Resize(Pass):
                     "energy_kept": round(energy, 6)}
             del gene, values
             advance()
+        store.release()

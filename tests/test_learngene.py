@@ -76,6 +76,20 @@ def test_half_precision_source_gene(gpts, tmp_path):
     assert {b["dtype"] for b in info["blocks"].values()} == {"F32"}   # float32 coefficients
 
 
+def test_bfloat16_model_keeps_its_dtype_and_gene_identity(tmp_path):
+    small = dict(heads=2, vocab=100, context=16)
+    source = gpt.build(tmp_path / "s.onnx", 64, 3, dtype="bfloat16", seed=5, **small)
+    target = gpt.build(tmp_path / "t.onnx", 32, 2, dtype="bfloat16", seed=6, **small)
+    frontc.extract(source, tmp_path / "s.gene", keep_ratio=0.5)
+    frontc.transfer(source, target, tmp_path / "d.onnx", keep_ratio=0.5)
+    frontc.transfer(tmp_path / "s.gene", target, tmp_path / "g.onnx")
+    assert initializers(tmp_path / "d.onnx") == initializers(tmp_path / "g.onnx")
+    out = ir.load(tmp_path / "d.onnx").graph.initializers
+    fc = out["h.1.mlp.fc.weight"].const_value
+    assert fc.dtype == ir.DataType.BFLOAT16 and fc.shape == ir.Shape([32, 128])
+    assert np.all(np.isfinite(fc.numpy().astype(np.float32)))
+
+
 def test_gene_holds_about_r_squared_of_each_2d_tensor(gpts, tmp_path):
     gene = tmp_path / "g.gene"
     done = frontc.extract(gpts["source"], gene, keep_ratio=0.5)
