@@ -12,9 +12,11 @@ The protocol of one run (study, target, method, seed):
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import frontc
+import frontc.torch
 from frontc.passes.select import PIPELINE as SELECT_PIPELINE
 from frontc.pipeline import lookup
 
@@ -84,7 +87,7 @@ def optional_methods() -> list[Method]:
     for name, label, words in OPTIONAL_VARIANTS:
         for pass_name in ("dct", "resize"):
             cls = lookup(pass_name)
-            hints = __import__("typing").get_type_hints(cls)
+            hints = typing.get_type_hints(cls)
             for f in cls.options():
                 lowered = f.name.lower()
                 choices = f.metadata.get("choices") or ()
@@ -144,8 +147,6 @@ def initialize(model: nn.Module, method: Method, source_onnx: Path, target_onnx:
             "mapped": state.plan.mapped_tensors, "kept": len(state.plan.kept),
             "loaded": len(report.filled), "pipeline": state.pipeline}
 
-
-import frontc.torch  # noqa: E402  (needs torch; imported after the names above)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def flops_per_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """Measured FLOPs of one training step (forward + backward) by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    probe = __import__("copy").deepcopy(model).train()
+    probe = copy.deepcopy(model).train()
     counter = FlopCounterMode(display=False)
     with counter:
         F.cross_entropy(probe(x), y).backward()

