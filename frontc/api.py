@@ -32,7 +32,7 @@ def plan(source: str | os.PathLike, target: str | os.PathLike, **options: Any) -
     return Pipeline.from_text("canonicalize,match", **options).run(state)
 
 
-def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "reference",
+def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
             keep_ratio: float = 1.0, device: str = "auto", progress=None) -> dict:
     """Write the learngene of the ONNX model `source` to `output` (safetensors, docs/learngene.md)
     once; `transfer(output, target, ...)` then initializes any number of targets from it."""

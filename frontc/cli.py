@@ -131,7 +131,7 @@ def pipeline_options(f):
         click.option("-p", "--pipeline", default=DEFAULT_PIPELINE, show_default=True,
                      help="Passes to run, e.g. 'canonicalize,match,dct{keep_ratio=0.5},resize,emit'."),
         click.option("--convention", type=click.Choice(["reference", "ortho"]), default=None,
-                     help="DCT scaling: the published 'reference' (default) or orthonormal 'ortho'."),
+                     help="DCT scaling: orthonormal 'ortho' (default, docs/results.md) or the published 'reference'."),
         click.option("--keep-ratio", type=float, default=None,
                      help="Fraction of each width axis's low frequencies kept (default 1.0)."),
         click.option("--depth-mode", type=click.Choice(["zero", "repeat", "random"]), default=None,
@@ -331,7 +331,7 @@ def inspect(model, as_json):
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Where to write the learngene (a safetensors file, e.g. big.gene).")
-@click.option("--convention", type=click.Choice(["reference", "ortho"]), default="reference",
+@click.option("--convention", type=click.Choice(["reference", "ortho"]), default="ortho",
               show_default=True, help="DCT scaling: the published 'reference' or orthonormal 'ortho'.")
 @click.option("--keep-ratio", type=float, default=1.0, show_default=True,
               help="Fraction of each width axis's low frequencies kept (the file holds about r^2 "

@@ -211,7 +211,7 @@ def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backe
             "source_parameters": int(meta["source_parameters"]), "bytes": path.stat().st_size}
 
 
-def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "reference",
+def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
             keep_ratio: float = 1.0, device: str = "auto", progress=None) -> dict:
     """Write the learngene of the ONNX model `source` to `output` (a .gene file), atomically."""
     from frontc.passes.canonicalize import view_model

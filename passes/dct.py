@@ -390,7 +390,7 @@ class DCT(Pass):
     summary = "standardize source tensors, DCT them (width and depth), keep the low frequencies"
     reads = ('plan',)
     writes = ('genes',)
-    convention: str = field(default="reference", metadata={"choices": dct.CONVENTIONS,
+    convention: str = field(default="ortho", metadata={"choices": dct.CONVENTIONS,
                             "help": "DCT scaling: the published 'reference' or orthonormal 'ortho'"})
     keep_ratio: float = field(default=1.0, metadata={
         "help": "fraction of each width axis's frequencies kept in the learngene (0 < r <= 1)"})
