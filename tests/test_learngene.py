@@ -123,7 +123,8 @@ def test_inspect_shows_a_gene(gpts, tmp_path):
 
 def test_options_come_from_the_gene_and_conflicts_exit_2(gpts, tmp_path):
     gene = tmp_path / "g.gene"
-    assert frontc_cli("extract", gpts["source"], "-o", gene, "--keep-ratio", "0.5").returncode == 0
+    assert frontc_cli("extract", gpts["source"], "-o", gene, "--keep-ratio", "0.5",
+                      "--convention", "reference").returncode == 0
     out = tmp_path / "o.onnx"
     result = frontc_cli("transfer", gene, gpts["narrow"], "-o", out, "--convention", "ortho")
     assert result.returncode == 2 and "extracted with --convention reference" in result.stderr
