@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -541,7 +542,7 @@ class AtomicOutput:
                                                     dir=self.final.parent))
         except BaseException:  # an interrupt held back above lands here: __exit__ will not run
             if self.folder is not None:
-                shutil.rmtree(self.folder, ignore_errors=True)
+                _remove(self.folder)
             raise
         return self.folder / self.final.name
 
@@ -554,7 +555,16 @@ class AtomicOutput:
                         os.replace(data, self.final.with_name(self.final.name + ".data"))
                     os.replace(self.folder / self.final.name, self.final)
             finally:
-                shutil.rmtree(self.folder, ignore_errors=True)
+                _remove(self.folder)
+
+
+def _remove(folder: Path) -> None:
+    """rmtree, again if something (the checking child, still exiting) wrote into it meanwhile."""
+    for _ in range(20):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.05)
 
 
 def save(model: ir.Model, path: Path) -> None:
