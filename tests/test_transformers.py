@@ -8,6 +8,7 @@ from helpers import run_onnx
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
+from torchmodels import LastHidden  # noqa: E402
 
 SOURCE, TARGET = (64, 4), (48, 2)
 
@@ -41,14 +42,6 @@ def example(kind):
 @pytest.fixture(scope="module")
 def hf_export(tmp_path_factory):
     folder, cache = tmp_path_factory.mktemp("hf"), {}
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model(x).last_hidden_state
 
     def make(kind, size, exporter):
         key = (kind, size, exporter)

@@ -145,3 +145,14 @@ def export(model: nn.Module, path: str | Path, exporter: str = "legacy") -> Path
     else:
         raise ValueError(exporter)
     return path
+
+
+class LastHidden(nn.Module):
+    """A transformers model as a plain `inputs -> last_hidden_state` module, for export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).last_hidden_state
