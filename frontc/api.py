@@ -16,8 +16,9 @@ def transfer(source: str | os.PathLike, target: str | os.PathLike, output: str |
     `extract`) to `output`; returns the compilation state.
 
     `options` fill pass options the pipeline text leaves unset, e.g. convention="ortho",
-    keep_ratio=0.5, depth_mode="zero", seed=0. From a learngene file, convention and
-    keep_ratio default to the gene's; other values are an error. `device`: auto, cpu or cuda.
+    keep_ratio=0.5, depth_mode="zero", seed=0, heads="aware", conv_view="separable". From a
+    learngene file, convention, keep_ratio, heads and conv_view default to the gene's; another
+    convention or keep ratio is an error. `device`: auto, cpu or cuda.
     """
     output = Path(output)
     modelio.refuse_overwriting_inputs(output, [Path(source), Path(target)])
@@ -33,7 +34,10 @@ def plan(source: str | os.PathLike, target: str | os.PathLike, **options: Any) -
 
 
 def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
-            keep_ratio: float = 1.0, device: str = "auto", progress=None) -> dict:
+            keep_ratio: float = 1.0, device: str = "auto", progress=None, heads: str = "whole",
+            conv_view: str = "flat") -> dict:
     """Write the learngene of the ONNX model `source` to `output` (safetensors, docs/learngene.md)
-    once; `transfer(output, target, ...)` then initializes any number of targets from it."""
-    return learngene.extract(source, output, convention, keep_ratio, device, progress)
+    once; `transfer(output, target, ...)` then initializes any number of targets from it.
+    `heads` and `conv_view` choose the views the blocks are taken in (the match pass's options)."""
+    return learngene.extract(source, output, convention, keep_ratio, device, progress, heads,
+                             conv_view)

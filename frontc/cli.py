@@ -126,6 +126,16 @@ device_option = click.option(
          "gpu-cuda13 extra); auto takes the GPU when CuPy finds one.")
 
 
+heads_option = click.option(
+    "--heads", type=click.Choice(["whole", "aware"]), default=None,
+    help="Attention projections: 'whole' matrices, as published (default), or head-'aware': "
+         "keep head_dim, resize the head count, q/k/v apart (heads are read from the graph).")
+conv_view_option = click.option(
+    "--conv-view", type=click.Choice(["flat", "separable"]), default=None,
+    help="Conv weights: the published 'flat' [out*in, kernel] view (default) or 'separable' "
+         "[out, in, kernel], a DCT over output and input channels each.")
+
+
 def pipeline_options(f):
     for opt in reversed([
         click.option("-p", "--pipeline", default=DEFAULT_PIPELINE, show_default=True,
@@ -139,6 +149,8 @@ def pipeline_options(f):
         click.option("--seed", type=int, default=None, help="Seed for --depth-mode random (default 0)."),
         click.option("--overrides", type=click.Path(path_type=Path), default=None,
                      help="JSON/YAML file pinning target tensors to source tensors (docs/matching.md)."),
+        heads_option,
+        conv_view_option,
         device_option,
     ]):
         f = opt(f)
@@ -171,7 +183,7 @@ def _options(**kw):
               help="After PASS runs, print what the state holds (JSON on stderr), for debugging.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mode, seed, overrides,
-             device, method, report, min_coverage, no_validate, allow_nonfinite, print_after, quiet):
+             heads, conv_view, device, method, report, min_coverage, no_validate, allow_nonfinite, print_after, quiet):
     """Write TARGET initialized from SOURCE's learngene to OUTPUT.
 
     TARGET keeps its graph, inputs, outputs and opsets; its weights are replaced by FRONT's
@@ -187,6 +199,7 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
     Example:
       frontc transfer models/vit_source.onnx models/vit_narrow.onnx -o vit_narrow_init.onnx
       frontc transfer big.onnx small.onnx -o out.onnx --convention ortho --keep-ratio 0.5
+      frontc transfer big.onnx small.onnx -o out.onnx --heads aware --conv-view separable
       frontc transfer big.gene small.onnx -o out.onnx
     """
     from frontc.errors import InputError, PipelineError
@@ -204,7 +217,7 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
     gene_options = learngene.options(source)      # {} unless SOURCE is a learngene file
     passes = parse(pipeline, {**gene_options, **_options(
         convention=convention, keep_ratio=keep_ratio, depth_mode=depth_mode, seed=seed,
-        overrides=overrides,
+        overrides=overrides, heads=heads, conv_view=conv_view,
         allow_nonfinite=True if allow_nonfinite else None)})
     state = State(source, target, output, validate=not no_validate, device=device)
     full = Pipeline(passes).check()
@@ -239,7 +252,9 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--overrides", type=click.Path(path_type=Path), default=None,
               help="JSON/YAML file pinning target tensors to source tensors (docs/matching.md).")
-def plan(source, target, as_json, overrides):
+@heads_option
+@conv_view_option
+def plan(source, target, as_json, overrides, heads, conv_view):
     """Show which SOURCE tensors would initialize each TARGET tensor (nothing is written).
 
     \b
@@ -248,7 +263,10 @@ def plan(source, target, as_json, overrides):
     """
     from frontc.api import plan as run_plan
 
-    state = run_plan(source, target, **_options(overrides=overrides))
+    from frontc import learngene
+
+    state = run_plan(source, target, **{**learngene.options(source), **_options(
+        overrides=overrides, heads=heads, conv_view=conv_view)})
     rows = plan_rows(state)
     if as_json:
         click.echo(json.dumps({**summary(state), "tensors": rows}, indent=1))
@@ -336,9 +354,11 @@ def inspect(model, as_json):
 @click.option("--keep-ratio", type=float, default=1.0, show_default=True,
               help="Fraction of each width axis's low frequencies kept (the file holds about r^2 "
                    "of each 2-D tensor).")
+@heads_option
+@conv_view_option
 @device_option
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def extract(source, output, convention, keep_ratio, device, quiet):
+def extract(source, output, convention, keep_ratio, heads, conv_view, device, quiet):
     """Write SOURCE's learngene to OUTPUT once, for any number of 'frontc transfer' runs.
 
     The file (safetensors, docs/learngene.md) holds every source tensor's kept low-frequency
@@ -353,7 +373,8 @@ def extract(source, output, convention, keep_ratio, device, quiet):
     from frontc.api import extract as run_extract
 
     with progress_bars(not quiet) as progress:
-        done = run_extract(source, output, convention, keep_ratio, device, progress)
+        done = run_extract(source, output, convention, keep_ratio, device, progress,
+                           heads or "whole", conv_view or "flat")
     if not quiet:
         click.echo(f"wrote {output}: {done['tensors']} tensors, {done['coefficients']:,} "
                    f"coefficients ({done['coefficients'] / max(done['source_parameters'], 1):.1%} of "

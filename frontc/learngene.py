@@ -34,7 +34,7 @@ import frontc
 from frontc import modelio
 from frontc.backend import Backend, select
 from frontc.errors import InputError
-from frontc.plan import ModelView, view_shape
+from frontc.plan import ModelView
 
 FORMAT = "frontc.learngene"
 VERSION = 1                       # bump on any change a reader of version 1 would misread
@@ -131,6 +131,13 @@ class Entry:
     log: bool
     dtype: str                # "F32" or "F64" (of the block)
     transposed: bool = False  # stored as [in, out] (MatMul): the tensor holds the block's transpose
+    kind: str = "whole"       # the view's rule (frontc.plan.View.kind)
+
+    @property
+    def as_view(self):
+        from frontc.plan import View
+
+        return View(tuple(self.view), tuple(self.fixed), self.kind)
 
     @property
     def stored(self) -> list[int]:
@@ -142,13 +149,13 @@ class Entry:
         return f"coeffs/{self.name}"
 
 
-def entries(view: ModelView, keep_ratio: float) -> list[Entry]:
-    from frontc.passes.dct import compute_dtype, is_log, kept_shape, stored_transposed, view_fixed
+def entries(view: ModelView, keep_ratio: float, views: dict) -> list[Entry]:
+    from frontc.passes.dct import compute_dtype, is_log, stored_transposed
 
-    return [Entry(w.name, list(w.shape), list(view_shape(w.shape)), list(kept_shape(w, keep_ratio)),
-                  list(view_fixed(w)), is_log(w), _DTYPES[np.dtype(compute_dtype(w.dtype))],
-                  stored_transposed(w))
-            for w in view.index.weights]
+    return [Entry(w.name, list(w.shape), list(v.shape), list(v.kept(keep_ratio)), list(v.fixed),
+                  is_log(w), _DTYPES[np.dtype(compute_dtype(w.dtype))], stored_transposed(w, v),
+                  v.kind)
+            for w, v in ((w, views[w.name]) for w in view.index.weights)]
 
 
 def _header(meta: dict[str, str], items: list[tuple[str, str, list[int]]]) -> tuple[bytes, list[int]]:
@@ -166,15 +173,18 @@ def _header(meta: dict[str, str], items: list[tuple[str, str, list[int]]]) -> tu
 
 
 def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backend: Backend,
-          source_sha256: str = "", progress=None) -> dict:
+          source_sha256: str = "", progress=None, heads: str = "whole", conv_view: str = "flat") -> dict:
     """Write `view`'s learngene to `path` (streaming) and return a summary."""
     from frontc.passes.dct import in_order, source_block
+    from frontc.passes.match import source_view
 
-    items = entries(view, keep_ratio)
+    views = {w.name: source_view(w, view.structure, heads, conv_view) for w in view.index.weights}
+    items = entries(view, keep_ratio, views)
     weights = view.index.weights
     meta = {
         "format": FORMAT, "format_version": str(VERSION), "frontc_version": frontc.__version__,
         "convention": convention, "keep_ratio": repr(float(keep_ratio)),
+        "heads": heads, "conv_view": conv_view,
         "source": Path(view.path).name, "source_sha256": source_sha256,
         "source_parameters": str(sum(w.size for w in weights)),
         "weights": json.dumps([e.__dict__ for e in items], separators=(",", ":")),
@@ -192,7 +202,8 @@ def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backe
         f.write(header)
         start = f.tell()
         f.write(stats.tobytes())
-        make = lambda w: source_block(w, convention, keep_ratio, backend, view.path)  # noqa: E731
+        make = lambda w: source_block(w, convention, keep_ratio, backend, view.path,  # noqa: E731
+                                      view=views[w.name])
         for i, (entry, block) in enumerate(zip(items, in_order(make, weights, backend.threads))):
             data = backend.to_host(block.coeffs)
             data = np.ascontiguousarray(data.T if entry.transposed else data, dtype=_NUMPY[entry.dtype])
@@ -212,20 +223,25 @@ def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backe
 
 
 def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
-            keep_ratio: float = 1.0, device: str = "auto", progress=None) -> dict:
+            keep_ratio: float = 1.0, device: str = "auto", progress=None, heads: str = "whole",
+            conv_view: str = "flat") -> dict:
     """Write the learngene of the ONNX model `source` to `output` (a .gene file), atomically."""
     from frontc.passes.canonicalize import view_model
     from frontc.passes.dct import DCT
 
+    from frontc.passes.match import Match
+
     DCT(convention=convention, keep_ratio=keep_ratio)       # validates the options
+    Match(heads=heads, conv_view=conv_view)
     source, output = Path(source), Path(output)
     modelio.refuse_overwriting_inputs(output, [source])
     backend = select(device)
     view = view_model(source, "source")
     with modelio.AtomicOutput(output) as tmp:
-        summary = write(tmp, view, convention, keep_ratio, backend, modelio.sha256(source), progress)
+        summary = write(tmp, view, convention, keep_ratio, backend, modelio.sha256(source), progress,
+                        heads, conv_view)
     return {"source": str(source), "output": str(output), "convention": convention,
-            "keep_ratio": keep_ratio, **summary}
+            "keep_ratio": keep_ratio, "heads": heads, "conv_view": conv_view, **summary}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -295,7 +311,8 @@ def options(path: str | os.PathLike) -> dict:
     header, _ = _read_header(path)
     meta = _metadata(path, header)
     try:
-        return {"convention": meta["convention"], "keep_ratio": float(meta["keep_ratio"])}
+        return {"convention": meta["convention"], "keep_ratio": float(meta["keep_ratio"]),
+                "heads": meta.get("heads", "whole"), "conv_view": meta.get("conv_view", "flat")}
     except (KeyError, ValueError):
         raise InputError(f"learngene {path}: corrupt metadata (convention or keep_ratio)") from None
 
@@ -411,27 +428,34 @@ class FileBlocks:
             return None if weight.value is not None else weight.like
         return weight if type(weight) is Weight else False
 
-    def missing(self, weight) -> str | None:
-        """Why this learngene cannot give `weight`'s block, or None when it can."""
-        if self._stored(weight) is False:
+    def missing(self, weight, view) -> str | None:
+        """Why this learngene cannot give `weight`'s block in `view`, or None when it can."""
+        stored = self._stored(weight)
+        if stored is False:
             return ("folding BatchNorm into the conv needs the source's values, which a "
                     "learngene does not hold; transfer from the source ONNX instead")
+        if stored is not None:
+            have = self.gene.by_name[stored.name][1].as_view
+            if (have.shape, have.fixed) != (view.shape, view.fixed):
+                return (f"the learngene holds this tensor in the {have.kind} view "
+                        f"{list(have.shape)}, the target needs the {view.kind} view "
+                        f"{list(view.shape)} (extract with the same --heads / --conv-view, or "
+                        f"transfer from the source ONNX)")
         return None
 
-    def kept(self, weight) -> tuple[int, ...]:
-        from frontc.passes.dct import kept_shape
-
+    def kept(self, weight, view) -> tuple[int, ...]:
         stored = self._stored(weight)
         if stored is None:
-            return kept_shape(weight, self.gene.keep_ratio)
+            return view.kept(self.gene.keep_ratio)
         return tuple(self.gene.by_name[stored.name][1].kept)
 
-    def block(self, weight):
+    def block(self, weight, view):
         from frontc.passes.dct import Block, source_block
 
         stored = self._stored(weight)
         if stored is None:        # a constant: computed exactly as a direct transfer does
-            return source_block(weight, self.gene.convention, self.gene.keep_ratio, self.backend)
+            return source_block(weight, self.gene.convention, self.gene.keep_ratio, self.backend,
+                                view=view)
         i, entry = self.gene.by_name[stored.name]
         values, raw = self.gene._read(entry.key, entry.dtype, entry.stored, self.backend.scratch)
         values = self.backend.asarray(values, values.dtype)

@@ -76,8 +76,11 @@ class Pass:
         return list(dataclasses.fields(cls))
 
     def text(self) -> str:
+        # An unset path option says nothing; options added later ("quiet" in their metadata)
+        # say nothing at their default, so that pipelines recorded before them read the same.
         opts = ",".join(f"{f.name}={getattr(self, f.name)}" for f in self.options()
-                        if getattr(self, f.name) != "")  # an unset path option says nothing
+                        if getattr(self, f.name) != "" and not (
+                            f.metadata.get("quiet") and getattr(self, f.name) == f.default))
         return f"{self.name}{{{opts}}}" if opts else self.name
 
 

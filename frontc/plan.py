@@ -21,6 +21,25 @@ class ModelView:
     structure: Structure
 
 
+@dataclass(frozen=True)
+class View:
+    """How the DCT sees one tensor: its canonical values reshaped (C order) to `shape`.
+
+    Fixed axes are kept whole and never transformed (vocabulary, class count, the q/k/v group
+    axis and head_dim of a head-aware view). `kind` names the rule that made it.
+    """
+
+    shape: tuple[int, ...]
+    fixed: tuple[bool, ...]
+    kind: str = "whole"
+
+    def kept(self, keep_ratio: float) -> tuple[int, ...]:
+        """The block a learngene keeps: int(n * r) per axis, fixed axes whole."""
+        from frontc.dct import kept
+
+        return tuple(n if f else kept(n, keep_ratio) for n, f in zip(self.shape, self.fixed))
+
+
 @dataclass
 class Mapping:
     """Target weights (one per target layer) filled from source weights (one per source layer).
@@ -32,6 +51,13 @@ class Mapping:
     targets: list[Weight]
     sources: list[Weight]
     skip: set[str] = field(default_factory=set)   # target names an override took over
+    source_view: View | None = None               # None: whole_view of the first layer
+    target_view: View | None = None
+
+    @property
+    def views(self) -> tuple[View, View]:
+        return (self.source_view or whole_view(self.sources[0]),
+                self.target_view or whole_view(self.targets[0]))
 
     @property
     def key(self) -> str:
@@ -99,3 +125,47 @@ def view_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     else:
         view = tuple(shape)
     return tuple(d for d in view if d != 1) or (1,)
+
+
+def _squeezed(shape, fixed, kind: str) -> View:
+    keep = [i for i, d in enumerate(shape) if d != 1] or [0]
+    return View(tuple(shape[i] for i in keep), tuple(fixed[i] for i in keep), kind)
+
+
+def whole_view(weight) -> View:
+    """The published view: view_shape, with an axis fixed when the canonical axes behind it
+    are all fixed (only tensors of at most 2 dims have fixed axes)."""
+    view = view_shape(weight.shape)
+    fixed = tuple(f for f, n in zip(weight.fixed, weight.shape) if n != 1)
+    if len(weight.shape) > 2 or len(fixed) != len(view):
+        fixed = (False,) * len(view)
+    return View(view, fixed)
+
+
+def separable_view(weight) -> View | None:
+    """A conv weight [out, in, *kernel] as [out, in, kernel points]: output and input channels
+    get a DCT each instead of one over their flattened product (a 1x1 conv's flattened view is
+    one long axis, which mixes every input channel into every output channel)."""
+    if weight.slot != "conv.weight" or len(weight.shape) < 3 or weight.shape[1] == 1:
+        return None
+    shape = (weight.shape[0], weight.shape[1], int(np.prod(weight.shape[2:])))
+    return _squeezed(shape, (False,) * 3, "separable")
+
+
+def heads_view(weight, heads) -> View | None:
+    """A projection's weight or bias with its head axis apart: [g, H, hd, in] for q/k/v (g = 1,
+    2 or 3 groups, fixed), [out, H, hd] for the output projection; head_dim is fixed, so only
+    the head count (and the other width) is resized. None where the groups are unequal
+    (fused grouped-query attention has no such reshape)."""
+    if heads is None or not heads.uniform or weight.slot not in ("linear.weight", "linear.bias"):
+        return None
+    g, h, hd = len(heads.groups), heads.groups[0], heads.head_dim
+    if heads.axis == "out":
+        if weight.shape[0] != g * h * hd:
+            return None
+        shape, fixed = (g, h, hd) + tuple(weight.shape[1:]), (True, False, True) + (False,) * (len(weight.shape) - 1)
+    else:
+        if len(weight.shape) != 2 or weight.shape[1] != h * hd:
+            return None
+        shape, fixed = (weight.shape[0], h, hd), (False, False, True)
+    return _squeezed(shape, fixed, "heads")

@@ -29,6 +29,7 @@ import onnx
 import onnx_ir as ir
 from networkx.algorithms.isomorphism import DiGraphMatcher
 
+from frontc.heads import Heads, detect
 from frontc.weights import Weight, WeightIndex
 
 SINK = -1
@@ -97,6 +98,21 @@ class Structure:
     index: WeightIndex
     segments: list[Segment]
     orphans: list[Unit]             # units off every segment (dead code)
+    heads: dict[ir.Node, Heads] = field(default_factory=dict)   # linear unit op -> its heads
+
+    def heads_of(self, weight: Weight) -> Heads | None:
+        """The heads along `weight`'s canonical axes (a projection's weight or bias)."""
+        found = self.heads.get(self.unit_of.get(weight.name))
+        if found is None or (found.axis == "in" and weight.slot != "linear.weight"):
+            return None
+        return found
+
+    @property
+    def unit_of(self) -> dict[str, ir.Node]:
+        if not hasattr(self, "_unit_of"):
+            self._unit_of = {w.name: u.op for seg in self.segments for u in seg.units for w in u.weights}
+            self._unit_of.update({w.name: u.op for u in self.orphans for w in u.weights})
+        return self._unit_of
 
     def runs(self, vocabulary: set[tuple[str, ...]] = frozenset()) -> list[Run]:
         return encode(self.segments, vocabulary)
@@ -207,6 +223,7 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     nodes = [n for n in model.graph if n not in index.plumbing and n.op_type != "Constant"]
     number = {n: i for i, n in enumerate(nodes)}
     units, attached = _units(index, nodes)
+    heads = detect(units, attached, index)
     # Shape arithmetic (Shape -> Gather -> Concat -> Reshape's shape input) and constant
     # folding left undone are exporter noise: a node that holds no weights and whose every
     # activation input (none at all, for constant computations) comes from such nodes is one.
@@ -239,7 +256,7 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     holders = [number[op] for op in units if number[op] in ipdom]
     orphans = [u for op, u in units.items() if number[op] not in ipdom]
     if not holders:
-        return Structure(index, [], orphans)
+        return Structure(index, [], orphans, heads)
     chain = [min(holders)]
     while chain[-1] != SINK:
         chain.append(ipdom[chain[-1]])
@@ -279,7 +296,7 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
         if not any(nodes[v] in units for v in core):
             continue  # weight-free stretches are contracted into their neighbours
         segments.append(_segment(graph, nodes, units, core - shapes, is_kept))
-    return Structure(index, segments, orphans)
+    return Structure(index, segments, orphans, heads)
 
 
 def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept) -> Segment:

@@ -5,7 +5,8 @@ Rules, per source tensor W (each layer of a depth group separately), its *width 
    (accumulated in float64), What = (W - mu) / (sigma + 1e-8) in float32 (float64 for float64
    sources). BatchNorm variances are taken in the log domain first, so no resize can make
    them negative.
-2. View What as at most 2-D (frontc.plan.view_shape).
+2. View What as the mapping's view (frontc.plan.View): the published at-most-2-D view_shape,
+   or a head-aware or separable-conv view that the match pass chose.
 3. DCT-II along each view axis, last axis first (`convention`: reference or ortho), keeping
    the low-frequency corner [:int(h*r), :int(w*r)] (r = keep_ratio). Fixed axes (vocabulary,
    class count) are never resized: they are kept whole and not transformed.
@@ -39,7 +40,7 @@ from frontc import dct
 from frontc.backend import Backend, cpu
 from frontc.errors import InputError, PipelineError
 from frontc.pipeline import Pass, State
-from frontc.plan import Gene, Kept, Mapping, view_shape
+from frontc.plan import Gene, Kept, Mapping, View, view_shape, whole_view
 from frontc.weights import Weight
 
 EPS = 1e-8
@@ -63,23 +64,11 @@ class Block:
         self.raw = self.coeffs = None
 
 
-def view_fixed(weight: Weight) -> tuple[bool, ...]:
-    """Per axis of the DCT view: True where the axis is fixed (vocabulary, class count)."""
-    view = view_shape(weight.shape)
-    fixed = tuple(f for f, n in zip(weight.fixed, weight.shape) if n != 1)
-    return fixed if len(weight.shape) <= 2 and len(fixed) == len(view) else (False,) * len(view)
-
-
-def kept_shape(weight: Weight, keep_ratio: float) -> tuple[int, ...]:
-    """The block a learngene keeps of `weight`: int(n * r) per view axis, fixed axes whole."""
-    return tuple(n if fixed else dct.kept(n, keep_ratio)
-                 for n, fixed in zip(view_shape(weight.shape), view_fixed(weight)))
-
-
-def stored_transposed(weight: Weight) -> bool:
-    """A 2-D weight stored as [in, out] (MatMul): its blocks live in that memory order too."""
+def stored_transposed(weight: Weight, view: View | None = None) -> bool:
+    """A 2-D weight stored as [in, out] (MatMul) under its whole view: its blocks live in that
+    memory order too."""
     return type(weight) is Weight and len(weight.shape) == 2 and min(weight.shape) > 1 and \
-        tuple(weight.perm) == (1, 0)
+        tuple(weight.perm) == (1, 0) and (view is None or len(view.shape) == 2)
 
 
 def compute_dtype(dtype: ir.DataType) -> type:
@@ -234,17 +223,19 @@ def nonfinite_as_missing(weight: Weight, values: np.ndarray, where: str) -> np.n
 
 
 def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Backend,
-                 source: str | os.PathLike = "", allow_nonfinite: bool = False) -> Block:
+                 source: str | os.PathLike = "", allow_nonfinite: bool = False,
+                 view: View | None = None) -> Block:
     where = f"source {source}: " if source else "source "
+    view = view or whole_view(weight)
     raw = None
     try:
         values, raw, owned = canonical_values(weight, compute_dtype(weight.dtype), backend.scratch)
         if allow_nonfinite:
             replaced = nonfinite_as_missing(weight, values, where)
             values, owned = replaced, owned or replaced is not values
-        block = width_block(values, view_shape(weight.shape), view_fixed(weight),
-                            kept_shape(weight, keep_ratio), convention, is_log(weight), backend,
-                            weight.name, owned, stored_transposed(weight))
+        block = width_block(values, view.shape, view.fixed, view.kept(keep_ratio), convention,
+                            is_log(weight), backend, weight.name, owned,
+                            stored_transposed(weight, view))
         block.raw, raw = raw, None
         return block
     except InputError as err:
@@ -286,15 +277,15 @@ class DirectBlocks:
         self.convention, self.keep_ratio, self.backend = convention, keep_ratio, backend
         self.source, self.allow_nonfinite = source, allow_nonfinite
 
-    def block(self, weight: Weight) -> Block:
+    def block(self, weight: Weight, view: View) -> Block:
         return source_block(weight, self.convention, self.keep_ratio, self.backend, self.source,
-                            self.allow_nonfinite)
+                            self.allow_nonfinite, view)
 
-    def missing(self, weight: Weight) -> str | None:
+    def missing(self, weight: Weight, view: View) -> str | None:
         return None
 
-    def kept(self, weight: Weight) -> tuple[int, ...]:
-        return kept_shape(weight, self.keep_ratio)
+    def kept(self, weight: Weight, view: View) -> tuple[int, ...]:
+        return view.kept(self.keep_ratio)
 
 
 # -- one depth group ----------------------------------------------------------------------------
@@ -326,7 +317,9 @@ class GeneStore(MappingABC):
     def __getitem__(self, key: str) -> Gene:
         """The whole gene of a mapping: all kept width coefficients, all layer frequencies."""
         mapping = self.by_key[key]
-        return self.group(mapping.sources, self.blocks.kept(mapping.sources[0]), len(mapping.sources))
+        view = mapping.views[0]
+        return self.group(mapping.sources, self.blocks.kept(mapping.sources[0], view),
+                          len(mapping.sources), view=view)
 
     def __iter__(self):
         return iter(self.by_key)
@@ -338,11 +331,11 @@ class GeneStore(MappingABC):
         """The blocks of every source layer of `mappings`, in order, computed ahead on the
         backend's threads (at most that many beyond the one being consumed), so the next group's
         blocks are under way while the current group is resized."""
-        return in_order(self.blocks.block, [w for m in mappings for w in m.sources],
-                        self.backend.threads)
+        return in_order(lambda item: self.blocks.block(*item),
+                        [(w, m.views[0]) for m in mappings for w in m.sources], self.backend.threads)
 
     def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
-              blocks: Iterator[Block] | None = None) -> Gene:
+              blocks: Iterator[Block] | None = None, view: View | None = None) -> Gene:
         """Rule 4: the layers' blocks cut to `window`, stacked, DCT along the layer axis keeping
         `depth_keep` frequencies. `blocks` (from `stream`) supplies the layers' blocks; then
         the stack and the result live in buffers reused by the next call (the caller is done
@@ -350,10 +343,11 @@ class GeneStore(MappingABC):
         be = self.backend
         reuse = blocks is not None
         cut = tuple(slice(0, n) for n in window)
-        flip = stored_transposed(sources[0])      # stack [in, out] blocks in that memory order
+        view = view or whole_view(sources[0])
+        flip = stored_transposed(sources[0], view)   # stack [in, out] blocks in that memory order
         stack, means, stds, energy = None, [], [], 0.0
         if blocks is None:
-            blocks = in_order(self.blocks.block, sources, be.threads)
+            blocks = in_order(lambda w: self.blocks.block(w, view), sources, be.threads)
         for i in range(len(sources)):
             block = next(blocks)
             part = block.coeffs[cut]
@@ -373,15 +367,16 @@ class GeneStore(MappingABC):
             out = self._buffer("depth", (depth_keep * rest,), stack.dtype, reuse) if reuse else None
             stack = be.forward(stack, 0, depth_keep, self.convention, out=out)
         first = sources[0]
-        return Gene(stack, view_shape(first.shape), np.array(means), np.array(stds), energy,
-                    self.convention, is_log(first), fixed=view_fixed(first))
+        return Gene(stack, view.shape, np.array(means), np.array(stds), energy,
+                    self.convention, is_log(first), fixed=view.fixed)
 
 
 def extract(layers: list[Weight], convention: str, keep_ratio: float, backend: Backend | None = None) -> Gene:
     """The whole gene of one source tensor or depth group, straight from the model (NumPy)."""
     blocks = DirectBlocks(convention, keep_ratio, backend or cpu())
     store = GeneStore([Mapping(layers, layers)], blocks, convention, blocks.backend)
-    return store.group(layers, kept_shape(layers[0], keep_ratio), len(layers))
+    view = whole_view(layers[0])
+    return store.group(layers, view.kept(keep_ratio), len(layers), view=view)
 
 
 @dataclass(frozen=True)
@@ -394,17 +389,12 @@ class DCT(Pass):
                             "help": "DCT scaling: the published 'reference' or orthonormal 'ortho'"})
     keep_ratio: float = field(default=1.0, metadata={
         "help": "fraction of each width axis's frequencies kept in the learngene (0 < r <= 1)"})
-    allow_nonfinite: bool = field(default=False, metadata={
+    allow_nonfinite: bool = field(default=False, metadata={"quiet": True,
         "help": "treat NaN/Inf source values as missing (the tensor's finite mean) instead of refusing"})
 
     def __post_init__(self):
         if not 0.0 < self.keep_ratio <= 1.0:
             raise InputError(f"keep_ratio must be in (0, 1], got {self.keep_ratio}")
-
-    def text(self) -> str:
-        # Spelled out only when set, so that pipelines recorded before the option read the same.
-        text = super().text()
-        return text if self.allow_nonfinite else text.replace(",allow_nonfinite=False", "")
 
     def run(self, state: State) -> None:
         if state.plan is None:
@@ -413,16 +403,16 @@ class DCT(Pass):
         if state.learngene is not None:
             blocks = state.learngene.blocks(self.convention, self.keep_ratio, backend)
             for mapping in list(state.plan.mappings):
-                reason = next(filter(None, map(blocks.missing, mapping.sources)), None)
+                reason = next(filter(None, (blocks.missing(w, mapping.views[0])
+                                            for w in mapping.sources)), None)
                 if reason:
                     state.plan.mappings.remove(mapping)
                     state.plan.kept.extend(Kept(w, reason) for w in mapping.targets)
         else:
             for mapping in state.plan.mappings:
-                weight = mapping.sources[0]
-                if 0 in kept_shape(weight, self.keep_ratio):
-                    n = min(v for v, k in zip(view_shape(weight.shape), kept_shape(weight, self.keep_ratio))
-                            if k == 0)
+                weight, view = mapping.sources[0], mapping.views[0]
+                if 0 in view.kept(self.keep_ratio):
+                    n = min(v for v, k in zip(view.shape, view.kept(self.keep_ratio)) if k == 0)
                     raise InputError(f"keep_ratio={self.keep_ratio} keeps int({n} x {self.keep_ratio}) = 0 "
                                      f"frequencies of an axis of length {n} of source tensor "
                                      f"'{weight.name}' (shape {list(weight.shape)}): use a larger "

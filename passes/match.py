@@ -17,6 +17,12 @@ Rules:
 6. An overrides file (`overrides`) pins target tensors to named source tensors, or keeps them
    at their own init, after all of the above (docs/matching.md shows the format).
 7. No mapped tensor at all is an error: the models share no structure.
+8. Views (how the dct pass reshapes a tensor before its DCT): the published whole view by
+   default; `heads=aware` gives attention projections a head axis of their own (the q/k/v
+   group axis and head_dim fixed, the head count resized: frontc.heads finds them), and
+   `conv_view=separable` gives conv weights separate output and input channel axes. A pair
+   whose special views disagree (different head_dim, groups, or only one side has them)
+   falls back to the whole view on both sides.
 """
 from __future__ import annotations
 
@@ -27,8 +33,9 @@ from pathlib import Path
 
 from frontc.errors import InputError, MatchError
 from frontc.pipeline import Pass, State
-from frontc.plan import Kept, Mapping, Plan, view_shape
-from frontc.structure import Run, aligned_blocks, correspondence
+from frontc.plan import (Kept, Mapping, Plan, View, heads_view, separable_view, view_shape,
+                         whole_view)
+from frontc.structure import Run, Structure, aligned_blocks, correspondence
 from frontc.weights import Weight, fold_batchnorm, unfold_batchnorm
 
 
@@ -69,11 +76,39 @@ def refusal(source: Weight, target: Weight) -> str | None:
     return None
 
 
+HEADS = ("whole", "aware")
+CONV_VIEWS = ("flat", "separable")
+
+
+def source_view(weight: Weight, structure: Structure | None, heads: str = "whole",
+                conv_view: str = "flat") -> View:
+    """The view a tensor is DCT'd in under these options (also what `frontc extract` stores)."""
+    special = None
+    if conv_view == "separable":
+        special = separable_view(weight)
+    if special is None and heads == "aware" and structure is not None:
+        special = heads_view(weight, structure.heads_of(weight))
+    return special or whole_view(weight)
+
+
+def pair_views(source: Weight, target: Weight, source_structure: Structure | None,
+               target_structure: Structure | None, heads: str, conv_view: str) -> tuple[View, View]:
+    """Rule 8: both special views when they agree in kind, rank and fixed axes, else whole."""
+    a = source_view(source, source_structure, heads, conv_view)
+    b = source_view(target, target_structure, heads, conv_view)
+    if a.kind == b.kind and a.fixed == b.fixed and len(a.shape) == len(b.shape) and \
+            all(x == y for x, y, f in zip(a.shape, b.shape, a.fixed) if f):
+        return a, b
+    return whole_view(source), whole_view(target)
+
+
 def has_bn(unit) -> bool:
     return any(kind.startswith("bn.") for kind, _ in unit.slots())
 
 
-def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index) -> Plan:
+def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index,
+               views=None) -> Plan:
+    """`views(source weight, target weight)` -> (View, View) for a mapping (default: whole)."""
     plan = Plan()
     for s_run, t_run in align(source_runs, target_runs):
         s_layers, t_layers = aligned_blocks(s_run), aligned_blocks(t_run)
@@ -106,7 +141,10 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
                         plan.kept.extend(Kept(t, reason) for t in targets)
                         continue
                     sources = [source_slots(layer[ks])[key] for layer in s_layers]
-                    plan.mappings.append(Mapping(targets, sources))
+                    mapping = Mapping(targets, sources)
+                    if views is not None:
+                        mapping.source_view, mapping.target_view = views(sources[0], targets[0])
+                    plan.mappings.append(mapping)
     used = {w.name for m in plan.mappings for w in m.sources}
     mapped = {w.name for m in plan.mappings for w in m.targets} | {k.weight.name for k in plan.kept}
     for w in target_index.weights:
@@ -136,7 +174,7 @@ def _read_overrides(path: Path) -> dict:
     return data
 
 
-def apply_overrides(plan: Plan, path: Path, source_index, target_index) -> None:
+def apply_overrides(plan: Plan, path: Path, source_index, target_index, views=None) -> None:
     """Pin target tensors to source tensors (one, or one per source layer), or to their own
     init, as a file says: for what structure cannot decide."""
     data = _read_overrides(path)
@@ -167,7 +205,10 @@ def apply_overrides(plan: Plan, path: Path, source_index, target_index) -> None:
         if reason:
             raise InputError(f"overrides {path}: {name} <- {', '.join(w.name for w in layers)}: {reason}")
         release(name)
-        plan.mappings.append(Mapping([target], layers))
+        mapping = Mapping([target], layers)
+        if views is not None:
+            mapping.source_view, mapping.target_view = views(layers[0], target)
+        plan.mappings.append(mapping)
 
 
 @dataclass(frozen=True)
@@ -178,15 +219,21 @@ class Match(Pass):
     writes = ('plan',)
     overrides: str = field(default="", metadata={
         "help": "a JSON/YAML file pinning target tensors to source tensors or to their own init"})
+    heads: str = field(default="whole", metadata={"quiet": True, "choices": HEADS, "help": (
+        "attention projections: 'whole' matrices (published) or head-'aware' (keep head_dim, "
+        "resize the head count, q/k/v apart)")})
+    conv_view: str = field(default="flat", metadata={"quiet": True, "choices": CONV_VIEWS, "help": (
+        "conv weights: the published 'flat' [out*in, kernel] view or 'separable' [out, in, kernel]")})
 
     def run(self, state: State) -> None:
         src, tgt = state.source.structure, state.target.structure
         bare_src, bare_tgt = src.runs(), tgt.runs()
         vocabulary = {r.unit for r in bare_src + bare_tgt if r.count > 1 or len(r.unit) > 1}
+        views = lambda s, t: pair_views(s, t, src, tgt, self.heads, self.conv_view)  # noqa: E731
         plan = build_plan(src.runs(vocabulary), tgt.runs(vocabulary),
-                          state.source.index, state.target.index)
+                          state.source.index, state.target.index, views)
         if self.overrides:
-            apply_overrides(plan, Path(self.overrides), state.source.index, state.target.index)
+            apply_overrides(plan, Path(self.overrides), state.source.index, state.target.index, views)
         if not plan.mappings:
             raise MatchError(
                 f"target {state.target.path} shares no structure with source {state.source.path}: "

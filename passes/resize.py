@@ -28,7 +28,7 @@ from frontc import dct
 from frontc.backend import Backend, cpu
 from frontc.errors import PipelineError
 from frontc.pipeline import Pass, State
-from frontc.plan import Gene, view_shape
+from frontc.plan import Gene
 from frontc.weights import Weight
 
 DEPTH_MODES = ("zero", "repeat", "random")
@@ -147,15 +147,15 @@ class Resize(Pass):
         advance = state.step("resize", len(state.plan.mappings))
         blocks = store.stream(state.plan.mappings)
         for mapping in state.plan.mappings:
-            target = mapping.targets[0]
-            view = view_shape(target.shape)
-            kept = store.blocks.kept(mapping.sources[0])
+            source_view, target_view = mapping.views
+            view = target_view.shape
+            kept = store.blocks.kept(mapping.sources[0], source_view)
             window = tuple(min(k, n) for k, n in zip(kept, view))
             depth = min(len(mapping.targets), len(mapping.sources))
-            gene = store.group(mapping.sources, window, depth, blocks)
+            gene = store.group(mapping.sources, window, depth, blocks, source_view)
             rng = np.random.default_rng([self.seed, zlib.crc32(mapping.key.encode())])
             energy = kept_energy(gene, len(mapping.targets), view, backend)
-            transposed = all(transposed_store(w) for w in mapping.targets)
+            transposed = len(view) == 2 and all(transposed_store(w) for w in mapping.targets)
             values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
                             transposed)
             for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
@@ -166,7 +166,8 @@ class Resize(Pass):
                     "target": weight.name, "shape": list(weight.shape), "kind": weight.slot,
                     "sources": [w.name for w in mapping.sources],
                     "source_shape": list(mapping.sources[0].shape),
-                    "transform": f"dct-{gene.convention}",
+                    "transform": f"dct-{gene.convention}" + (
+                        "" if target_view.kind == "whole" else f"/{target_view.kind}"),
                     "depth": f"{gene.layers}->{len(mapping.targets)}", "layer": layer,
                     "energy_kept": round(energy, 6)}
             del gene, values
