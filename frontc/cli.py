@@ -327,7 +327,8 @@ def inspect(model, as_json):
     if gene:
         g = info["learngene"]
         click.echo(f"{model}: learngene format {g['format_version']} (frontc {g['frontc_version']})\n"
-                   f"  options: --convention {g['convention']} --keep-ratio {g['keep_ratio']:g}\n"
+                   f"  options: --convention {g['convention']} --keep-ratio {g['keep_ratio']:g} "
+                   f"--heads {g['heads']} --conv-view {g['conv_view']}\n"
                    f"  source: {g['source']} (sha256 {g['source_sha256']})\n"
                    f"  size: {g['coefficients']:,} coefficients = {g['coefficient_fraction']:.1%} "
                    f"of the source's {g['source_parameters']:,} parameters; {g['file_bytes']:,} bytes")
@@ -336,6 +337,12 @@ def inspect(model, as_json):
         ops = " ".join(stage["units_per_block"])
         first = " (the first differs)" if stage["first_block_differs"] else ""
         console.print(f"  stage {i}: {stage['blocks']} x [{ops}]{first}")
+        if "grouped_query" in stage:
+            g = stage["grouped_query"]
+            console.print(f"    grouped-query attention: {g['query_heads']} query heads share "
+                          f"{g['kv_heads']} key/value heads")
+    for heads, count in info["attention"].items():
+        console.print(f"  attention: {count} projection(s) with {heads}")
     table = Table()
     for col in ("tensor", "op", "kind", "shape", "axis roles", "DCT view") + (("kept",) if gene else ()):
         table.add_column(col)

@@ -7,7 +7,8 @@ Add, casts and a Split of that axis into parts that are reshaped one by one (GPT
 c_attn; unequal parts are grouped-query attention, fewer k/v heads than q heads). The Reshape's
 target shape is read from a constant or from a Concat of constants and dims copied from the
 input's shape (Gather of Shape); at most one entry may be unknown (-1, or computed), and the
-split is the longest run of trailing entries whose product is N.
+split is the longest run of trailing entries whose product is N (in a shape of rank 4 or
+more: batch, tokens, then the split).
 
 The output projection reads heads back in: its input comes, through reshapes and transposes,
 from the attention-times-values MatMul, whose value side leads back to a projection with known
@@ -111,7 +112,8 @@ def split_dims(entries: list, n: int) -> tuple[int, ...] | None:
         if not unknown and known != n:
             continue
         dims = [d if d is not None else n // known for d in suffix]
-        dims = [d for d in dims if d != 1]
+        while len(dims) > 2 and dims[0] == 1:          # a leading batch or group of one
+            dims = dims[1:]
         if len(dims) == 2 and dims[0] * dims[1] == n:
             return tuple(dims)
         if len(dims) == 3 and dims[0] in (2, 3):
@@ -148,14 +150,13 @@ def _forward(value: ir.Value, n: int, depth: int = 0) -> list[tuple[int, int]] |
         if node.op_type in _PASS or (node.op_type in ("Mul", "Div") and _scalar_operand(node, value)):
             result = _forward(node.outputs[0], n, depth + 1)
         elif node.op_type == "Reshape" and use.idx == 0:
-            entries = _shape_entries(node.inputs[1])
-            if entries and entries[-1] == n:                         # only the leading dims move
+            entries = _shape_entries(node.inputs[1]) or []
+            dims = split_dims(entries, n) if len(entries) >= 4 else None   # [batch, tokens, ...]
+            if dims is not None:
+                g, h, hd = (1,) + dims if len(dims) == 2 else dims
+                result = [(h, hd)] * g
+            elif entries and entries[-1] == n:                       # only the leading dims move
                 result = _forward(node.outputs[0], n, depth + 1)
-            elif entries:
-                dims = split_dims(entries, n)
-                if dims is not None:
-                    g, h, hd = (1,) + dims if len(dims) == 2 else dims
-                    result = [(h, hd)] * g
         elif node.op_type == "Split" and use.idx == 0:
             axis = node.attributes.get("axis")
             sizes = _ints(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -240,3 +241,14 @@ def detect(units: dict, attached: dict, index) -> dict[ir.Node, Heads]:
             continue
         heads[op] = Heads("in", (w.shape[1] // found.head_dim,), found.head_dim)
     return heads
+
+
+def grouped_query(block_heads: list[Heads]) -> tuple[int, int] | None:
+    """(query heads, key/value heads) when one block's projections show grouped-query
+    attention: fewer k/v heads than q heads (a fused unequal split, or separate projections
+    with two head counts at one head_dim)."""
+    for h in block_heads:
+        if h.axis == "out" and not h.uniform:
+            return max(h.groups), min(h.groups)
+    counts = {h.groups[0] for h in block_heads if h.axis == "out" and len(h.groups) == 1}
+    return (max(counts), min(counts)) if len(counts) == 2 else None

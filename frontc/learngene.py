@@ -403,6 +403,7 @@ class Learngene:
         return {"format": FORMAT, "format_version": int(self.meta["format_version"]),
                 "frontc_version": self.meta.get("frontc_version"),
                 "convention": self.convention, "keep_ratio": self.keep_ratio,
+                "heads": self.meta.get("heads", "whole"), "conv_view": self.meta.get("conv_view", "flat"),
                 "source": self.meta.get("source"), "source_sha256": self.meta.get("source_sha256"),
                 "source_parameters": params, "coefficients": coefficients,
                 "coefficient_fraction": round(coefficients / params, 6) if params else None,

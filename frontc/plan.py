@@ -163,9 +163,11 @@ def heads_view(weight, heads) -> View | None:
     if heads.axis == "out":
         if weight.shape[0] != g * h * hd:
             return None
-        shape, fixed = (g, h, hd) + tuple(weight.shape[1:]), (True, False, True) + (False,) * (len(weight.shape) - 1)
-    else:
-        if len(weight.shape) != 2 or weight.shape[1] != h * hd:
-            return None
-        shape, fixed = (weight.shape[0], h, hd), (False, False, True)
-    return _squeezed(shape, fixed, "heads")
+        shape = (g, h, hd) + tuple(weight.shape[1:])
+        fixed = (True, False, True) + (False,) * (len(weight.shape) - 1)
+        if g == 1:                  # one group: no group axis (the head axis stays, even at 1)
+            shape, fixed = shape[1:], fixed[1:]
+        return View(shape, fixed, "heads")
+    if len(weight.shape) != 2 or weight.shape[1] != h * hd:
+        return None
+    return View((weight.shape[0], h, hd), (False, False, True), "heads")

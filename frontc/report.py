@@ -1,6 +1,8 @@
 """Plain-data views of a compilation for `plan`, `inspect` and `transfer --report`."""
 from __future__ import annotations
 
+from collections import Counter
+
 from frontc.pipeline import State
 from frontc.plan import ModelView, view_shape
 
@@ -57,6 +59,7 @@ def _opens_stage(first, run) -> bool:
 def describe(view: ModelView) -> dict:
     """Stages (a repeated run of blocks, with the block that opens it), depth groups, and every
     weight with its axis roles. Single ops and blocks that repeat nowhere are stages of one."""
+    from frontc.heads import grouped_query
     from frontc.structure import aligned_blocks
 
     runs = view.structure.runs()
@@ -68,16 +71,23 @@ def describe(view: ModelView) -> dict:
         layers = aligned_blocks(r)
         groups = [[layer[k].slots()[key].name for layer in layers]
                   for k, unit in enumerate(layers[0]) for key in unit.slots()]
+        gqa = grouped_query([h for u in layers[0] for h in [view.structure.heads.get(u.op)] if h])
         stages.append({"blocks": r.count + opened, "first_block_differs": opened,
                        "units_per_block": [u.label.split("|")[0] for u in layers[0]],
-                       "depth_groups": groups if r.count > 1 else []})
-    weights = [{"name": w.name, "op": w.op.op_type, "node": w.op.name, "input": w.port,
-                "kind": w.slot, "shape": list(w.shape), "roles": list(w.roles),
-                "view": list(view_shape(w.shape)), "dtype": w.dtype.name}
-               for w in view.index.weights]
+                       "depth_groups": groups if r.count > 1 else [],
+                       **({"grouped_query": {"query_heads": gqa[0], "kv_heads": gqa[1]}} if gqa else {})})
+    weights = []
+    for w in view.index.weights:
+        heads = view.structure.heads_of(w)
+        weights.append({"name": w.name, "op": w.op.op_type, "node": w.op.name, "input": w.port,
+                        "kind": w.slot, "shape": list(w.shape), "roles": list(w.roles),
+                        "view": list(view_shape(w.shape)), "dtype": w.dtype.name,
+                        **({"heads": heads.text(), "heads_axis": heads.axis} if heads else {})})
+    attention = Counter(f"{h.text()} ({'output' if h.axis == 'out' else 'input'} axis)"
+                        for h in view.structure.heads.values())
     return {"model": str(view.path), "weights": len(weights),
             "parameters": sum(w.size for w in view.index.weights),
-            "stages": stages, "tensors": weights}
+            "stages": stages, "attention": dict(sorted(attention.items())), "tensors": weights}
 
 
 def snapshot(after: str, state: State) -> dict:

@@ -12,6 +12,9 @@ Rules, per mapping (source layers L_s -> target layers L_t), one mapping at a ti
 4. De-standardize target layer i with source layer min(i, L_s - 1)'s statistics (back from the
    log domain for BatchNorm variances), reshape to the target's layout and store it in the
    target's own dtype; nothing of the group is kept after its last layer is stored.
+   With `std_rescale` (a variant, off by default), the de-standardized layer is first scaled
+   about its mean so that its std equals that source layer's std (undoing the magnitude
+   changes of the reference scaling; log-domain and constant tensors are left as they are).
 The report row of each target tensor records the fraction of the standardized source energy
 that its coefficients kept (orthonormal scaling).
 """
@@ -82,7 +85,7 @@ def kept_energy(gene: Gene, layers: int, view: tuple[int, ...], backend: Backend
 
 
 def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
-           backend: Backend, transposed: bool = False) -> Iterator:
+           backend: Backend, transposed: bool = False, std_rescale: bool = False) -> Iterator:
     """Rules 2-4: yield each target layer's canonical values (at the target's view shape), or
     with `transposed` (a 2-D view) their transpose, laid out in memory as a MatMul stores it."""
     coeffs = fill_depth(gene.coeffs, count, mode, rng, backend)
@@ -100,6 +103,11 @@ def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.ran
             elif y.shape[axis] != view[axis]:
                 raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
         source = min(i, gene.layers - 1)
+        if std_rescale and not gene.log and y.size > 1:
+            spread = float(y.std(dtype=np.float64))
+            if spread > 0:                          # unit std about its own mean, then the source's
+                mean = y.dtype.type(y.mean(dtype=np.float64))
+                y = (y - mean) / y.dtype.type(spread) + mean
         y = y * y.dtype.type(gene.std[source])      # a new array: coeffs stay untouched
         y += y.dtype.type(gene.mean[source])
         if gene.log:
@@ -138,6 +146,8 @@ class Resize(Pass):
     depth_mode: str = field(default="zero", metadata={"choices": DEPTH_MODES,
                             "help": "how a deeper target fills the layer frequencies it lacks"})
     seed: int = field(default=0, metadata={"help": "seed of depth_mode=random"})
+    std_rescale: bool = field(default=False, metadata={"quiet": True, "help": (
+        "scale each rebuilt layer to its source layer's std (a variant; off as published)")})
 
     def run(self, state: State) -> None:
         store = state.genes
@@ -157,7 +167,7 @@ class Resize(Pass):
             energy = kept_energy(gene, len(mapping.targets), view, backend)
             transposed = len(view) == 2 and all(transposed_store(w) for w in mapping.targets)
             values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
-                            transposed)
+                            transposed, self.std_rescale)
             for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
                 if weight.name in mapping.skip:
                     continue

@@ -51,3 +51,13 @@ def test_random_depth_mode_is_seeded():
 def test_shrinking_keeps_less_energy():
     g = gene(convention="ortho")
     assert resize.kept_energy(g, 2, (3, 5)) < resize.kept_energy(g, 4, (6, 5))
+
+
+def test_std_rescale_gives_each_layer_its_source_std():
+    g = gene(convention="reference")          # reference scaling inflates a shrunk layer's std
+    be = resize.cpu()
+    plain = list(resize.layers(g, 4, (3, 2), "zero", np.random.default_rng(0), be))
+    scaled = list(resize.layers(g, 4, (3, 2), "zero", np.random.default_rng(0), be, std_rescale=True))
+    for i, (a, b) in enumerate(zip(plain, scaled)):
+        assert abs(b.std() - g.std[i]) < 1e-9 * g.std[i] and abs(b.mean() - a.mean()) < 1e-9
+    assert not all(abs(a.std() - g.std[i]) < 1e-6 for i, a in enumerate(plain))
