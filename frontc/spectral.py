@@ -27,11 +27,16 @@ a sum of energies of partial DCTs (D orthonormal). An axis with gamma = 0 after 
 order with the fewest multiply-adds is chosen per group. Axes up to `max_matrix` long use cached
 DCT matrices (matmuls; exports with any ONNX exporter); longer ones (a conv's out*in axis) use
 one FFT (Makhoul's algorithm; torch.onnx.export needs dynamo=True for those).
+Standardization is one fused layer_norm; the per-layer 1/std factor is never applied to the
+whole tensor: it commutes with the view axes' DCTs, so it is folded into the layer axis's
+matrix (or weights per-layer energies), and the total energy sum X^2 has a closed form.
+(Measured alternatives, slower here: see docs/frontplus.md, "What it costs".)
 """
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -57,10 +62,15 @@ def decay_weights(n: int, m: int, gamma: float) -> np.ndarray:
 
 
 def _along(y: torch.Tensor, matrix: torch.Tensor, axis: int) -> torch.Tensor:
-    """matrix [r, n] applied along `axis` of y, always as one large 2-D matmul (a batched
-    matmul over many small slices is several times slower on CPU)."""
+    """matrix [r, n] applied along `axis` of y as one large 2-D matmul, or, when the axis has
+    few leading slices that are each wide, as a batched matmul over them (no transposed copy;
+    a batched matmul over many small slices is several times slower on CPU)."""
     if axis == y.ndim - 1:
         return (y.reshape(-1, y.shape[-1]) @ matrix.T).reshape(y.shape[:-1] + (-1,))
+    before, after = math.prod(y.shape[:axis]), math.prod(y.shape[axis + 1:])
+    if after >= 64 and before <= 64:
+        out = matrix @ y.reshape(before, y.shape[axis], after)
+        return out.reshape(y.shape[:axis] + (-1,) + y.shape[axis + 1:])
     moved = y.movedim(axis, 0)
     out = (matrix @ moved.reshape(moved.shape[0], -1)).reshape((-1,) + moved.shape[1:])
     return out.movedim(0, axis)
@@ -115,7 +125,8 @@ class SpectralRegularizer(nn.Module):
         self._buckets: dict[tuple, list[int]] = {}
         for i, g in enumerate(self.groups):
             axes = []
-            if g.layers > 1:
+            if g.layers > 1:   # the layer axis is always a matrix (the scale is folded into it)
+                self._buffer(f"dct_{g.layers}", dct_matrix(g.layers))
                 axes.append((1, g.layers, max(1, int(g.layers * depth_keep_ratio)), decay[0]))
             for a, (n, fixed) in enumerate(zip(g.view, g.fixed)):
                 m = n if fixed else int(n * keep_ratio)
@@ -183,32 +194,62 @@ class SpectralRegularizer(nn.Module):
     def _bucket(self, key, ws: list[torch.Tensor], hard: bool, energy: bool):
         """(penalty, standardized energy or None), each a [G] vector over the bucket's groups."""
         members, (layers, view, _) = self._buckets[key], key
+        groups = len(members)
         perms = [perm for i in members for perm in self.groups[i].perms]
-        x = torch.stack([ws[j].permute(perm).reshape(view)
-                         for j, perm in zip(self._slots[key], perms)])
-        x = x.to(self.compute_dtype).reshape((len(members), layers) + view)
-        dims = tuple(range(2, x.ndim))                   # two-pass statistics: exact for
-        centered = x - x.mean(dim=dims, keepdim=True)    # mean >> std (LayerNorm scales)
-        var = (centered * centered).sum(dim=dims, keepdim=True) / (x[0, 0].numel() - 1)
-        y = centered * (1.0 / (torch.sqrt(var + TINY) + EPS))
-        per_group = tuple(range(1, x.ndim))
-        total = y.square().sum(dim=per_group) if energy else None
-        penalty = y.new_zeros(len(members))
+        x = torch.stack([ws[j].permute(perm).reshape(-1)
+                         for j, perm in zip(self._slots[key], perms)]).to(self.compute_dtype)
+        # Standardization in one fused kernel: layer_norm gives z = (x - mean) * rstd with
+        # rstd = 1 / sqrt(var_biased + eps) (two-pass-exact statistics, also for mean >> std).
+        # With eps = TINY (n-1)/n, the frontc standardization is y = z * scale per layer:
+        #   (x - mean) / (sqrt(var_unbiased + TINY) + EPS) = z / (sqrt(n / (n-1)) + EPS rstd).
+        # `scale` is used detached: the derivative of the 1e-8 guard (relative size EPS / std)
+        # is dropped, every other derivative is exact. And y is never formed: scaling a layer
+        # commutes with the view axes' transforms, so `scale` is folded into the layer axis's
+        # matrix, or weights the per-layer energies of parts computed before that axis.
+        n = math.prod(view)
+        z, _, rstd = torch.native_layer_norm(x, (n,), None, None, TINY * (n - 1) / n)
+        rstd = rstd.detach().reshape(groups, layers)
+        scale = 1.0 / (math.sqrt(n / (n - 1)) + EPS * rstd)
+        y = z.reshape((groups, layers) + view)
+        # sum y^2 per layer, in closed form: n * var_b * rstd^2 * scale^2 (no pass over y)
+        total = (n * (1 - TINY * (n - 1) / n * rstd * rstd) * scale * scale).sum(1) if energy else None
         order = self._orders[key]
-        for j, (axis, n, m, gamma) in enumerate(order):
-            if j == len(order) - 1:     # the last axis: only the frequencies outside the block
-                out = self._transform(y, axis, n, slice(m, None))
+        layer_at = next((j for j, ax in enumerate(order) if ax[0] == 1), len(order))
+
+        def transform(t, axis, n_axis, rows):
+            if axis != 1:
+                return self._transform(t, axis, n_axis, rows)
+            # the layer axis: DCT rows times the per-layer scale, one [G, r, L] @ [G, L, rest]
+            matrix = getattr(self, f"dct_{n_axis}")[rows] * scale[:, None, :]
+            return (matrix @ t.reshape(groups, layers, -1)).reshape(t.shape[:1] + (-1,) + t.shape[2:])
+
+        def energy_of(t, scaled):   # (not linalg.vector_norm: its float32 sum is 1e-5 off)
+            if scaled:
+                return t.reshape(groups, -1).square().sum(1)
+            return (t.reshape(groups, layers, -1).square().sum(2) * scale * scale).sum(1)
+
+        penalty = y.new_zeros(groups)
+        for j, (axis, n_axis, m, gamma) in enumerate(order):
+            later = order[j + 1:]
+            # outside rows of this axis, and (unless it is the last one) the kept prefix, as two
+            # products: no full transform to slice, so no zero-filled gradients for the slices
+            if not later:
+                out = transform(y, axis, n_axis, slice(m, None))
+            elif axis == 1:
+                y, out = transform(y, axis, n_axis, slice(None)).split([m, n_axis - m], dim=1)
             else:
-                c = self._transform(y, axis, n, slice(None))
-                out, y = c.narrow(axis, m, n - m), c.narrow(axis, 0, m)
+                out = transform(y, axis, n_axis, slice(m, None))
+                y = transform(y, axis, n_axis, slice(0, m))
+            scaled = j >= layer_at
             if not hard:
                 if gamma > 0:
-                    out = self._scale(out, axis, n, m, gamma, slice(m, None))
-                for b_axis, b_n, b_m, b_gamma in order[j + 1:]:
+                    out = self._scale(out, axis, n_axis, m, gamma, slice(m, None))
+                for b_axis, b_n, b_m, b_gamma in later:
                     if b_gamma > 0:
-                        out = self._transform(out, b_axis, b_n, slice(None))
+                        out = transform(out, b_axis, b_n, slice(None))
                         out = self._scale(out, b_axis, b_n, b_m, b_gamma, slice(None))
-            penalty = penalty + out.square().sum(dim=per_group)
+                        scaled = scaled or b_axis == 1
+            penalty = penalty + energy_of(out, scaled)
         return penalty, total
 
     def _sums(self, weights, hard: bool, energy: bool):
@@ -254,5 +295,7 @@ class SpectralRegularizer(nn.Module):
         names = [n for g in self.groups for n in g.names]
         kwargs.setdefault("dynamo", self.uses_fft())
         kwargs.setdefault("opset_version", 18)
-        torch.onnx.export(self, args, str(path), input_names=names if args else None,
-                          output_names=["penalty"], **kwargs)
+        with warnings.catch_warnings():   # the tracer's notes that shapes are constants: they are
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(self, args, str(path), input_names=names if args else None,
+                              output_names=["penalty"], **kwargs)
