@@ -70,6 +70,33 @@ def refine(model, reg, xtr, ytr, steps: int, lam: float, lr: float, batch: int) 
                   f"  ({time.time() - start:.0f}s)", flush=True)
 
 
+def refine_source(source: Path, out: Path, *, steps: int = 1000, lam: float = 3.0,
+                  lr: float = 3e-4, batch: int = 64, keep: float = 0.75,
+                  depth_keep: float = 0.5) -> dict:
+    """Steps 1-4 without the transfers: refine `source` (an ONNX file of build.py's 64 x 6 ViT)
+    and export it to `out`. Returns the outside fractions and test accuracies before and after.
+    Also what the convergence benchmark's "FRONT+ (ortho)" row runs."""
+    torch.manual_seed(0)
+    x, y = build.load_mnist()
+    xtr_u8, ytr, xte_u8, yte = build.split(x, y)
+    xtr, xte = build.to_input(xtr_u8), build.to_input(xte_u8)
+    ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
+    model = build.make_model(64, 6, 4, 0)
+    load_onnx_weights(model, source, (xte[:2],))
+    reg = SpectralRegularizer(model, keep, depth_keep_ratio=depth_keep,
+                              example_inputs=(xte[:2],), normalize=True)
+    before = {"test_acc": build.accuracy(model, xte, yte), "outside": reg.high_frequency_fraction()}
+    print(f"source: test {before['test_acc']:.2%}, outside fraction {before['outside']:.4f} "
+          f"({len(reg.groups)} groups, skipped {reg.skipped})")
+    print(f"refining {steps} steps: cross_entropy + {lam} * outside fraction "
+          f"(keep {keep}, depth keep {depth_keep})")
+    refine(model, reg, xtr, ytr, steps, lam, lr, batch)
+    build.export(model, out)
+    after = {"test_acc": build.accuracy(model, xte, yte), "outside": reg.high_frequency_fraction()}
+    print(f"refined: test {after['test_acc']:.2%}, outside fraction {after['outside']:.4f} -> {out}")
+    return {"before": before, "after": after}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -84,29 +111,11 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="frontplus-"))
     out.mkdir(parents=True, exist_ok=True)
 
-    x, y = build.load_mnist()
-    xtr_u8, ytr, xte_u8, yte = build.split(x, y)
-    xtr, xte = build.to_input(xtr_u8), build.to_input(xte_u8)
-    ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
-
-    model = build.make_model(64, 6, 4, 0)
-    load_onnx_weights(model, ROOT / "models" / "vit_source.onnx", (xte[:2],))
-    reg = SpectralRegularizer(model, args.keep, depth_keep_ratio=args.depth_keep,
-                              example_inputs=(xte[:2],), normalize=True)
     sources = {"original": ROOT / "models" / "vit_source.onnx", "refined": out / "vit_refined.onnx"}
-    before = (build.accuracy(model, xte, yte), npz_accuracy(sources["original"]),
-              reg.high_frequency_fraction())
-    print(f"source: test {before[0]:.2%}, mnist_test.npz {before[1]:.2%}, "
-          f"outside fraction {before[2]:.4f} ({len(reg.groups)} groups, skipped {reg.skipped})")
-
-    print(f"refining {args.steps} steps: cross_entropy + {args.lam} * outside fraction "
-          f"(keep {args.keep}, depth keep {args.depth_keep})")
-    refine(model, reg, xtr, ytr, args.steps, args.lam, args.lr, args.batch)
-    build.export(model, sources["refined"])
-    after = (build.accuracy(model, xte, yte), npz_accuracy(sources["refined"]),
-             reg.high_frequency_fraction())
-    print(f"refined: test {after[0]:.2%}, mnist_test.npz {after[1]:.2%}, "
-          f"outside fraction {after[2]:.4f}  -> {sources['refined']}")
+    refine_source(sources["original"], sources["refined"], steps=args.steps, lam=args.lam,
+                  lr=args.lr, batch=args.batch, keep=args.keep, depth_keep=args.depth_keep)
+    print(f"mnist_test.npz (onnxruntime): original {npz_accuracy(sources['original']):.2%}, "
+          f"refined {npz_accuracy(sources['refined']):.2%}")
 
     print("zero-shot accuracy on mnist_test.npz after frontc transfer (no training):")
     print(f"  {'target':<12}{'convention':<11}{'original':>10}{'refined':>10}")

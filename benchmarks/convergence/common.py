@@ -41,6 +41,10 @@ class Method:
     label: str                       # for tables and legends
     options: dict = field(default_factory=dict)   # frontc.transfer keyword arguments
     deeper_only: bool = False        # only differs from another method when the target is deeper
+    # (the study's source ONNX, the work folder) -> the ONNX to transfer from instead, e.g. a
+    # FRONT+-refined copy made once per work folder; None: the study's source as it is
+    source: Callable[[Path, Path], Path] | None = field(default=None, compare=False, repr=False)
+    source_cli: str = ""             # how `source` makes its file, for the command table
 
     @property
     def transfers(self) -> bool:
@@ -50,6 +54,9 @@ class Method:
         """The equivalent command line."""
         if not self.transfers:
             return "(no transfer: the target's own initialization)"
+        if self.source_cli:
+            plain = dataclasses.replace(self, source=None, source_cli="").cli()
+            return f"{self.source_cli}; " + plain.replace(" SRC ", " REFINED ")
         if self.options.get("pipeline") == SELECT_PIPELINE:
             return "frontc transfer --method select SRC TGT -o OUT"
         flags = []
@@ -109,8 +116,15 @@ def optional_methods() -> list[Method]:
     return found
 
 
+# Methods only one study can run (FRONT+ needs the source's own training task). run.py and
+# diagnose.py construct a study right before asking all_methods() for its method list, so each
+# study's constructor (studies.STUDIES) puts its own extra methods here, replacing the previous
+# study's.
+study_methods: list[Method] = []
+
+
 def all_methods() -> list[Method]:
-    return BASE_METHODS + optional_methods()
+    return BASE_METHODS + optional_methods() + study_methods
 
 
 # -- initialization through frontc -------------------------------------------------------------
@@ -136,6 +150,11 @@ def initialize(model: nn.Module, method: Method, source_onnx: Path, target_onnx:
     the transfer's summary numbers."""
     opts = dict(method.options)
     pipeline = opts.pop("pipeline", None)
+    extra = {}
+    if method.source is not None:     # made on first use (its time counts in that run's init_s)
+        t0 = time.perf_counter()
+        source_onnx = method.source(source_onnx, output.parent)
+        extra = {"source": source_onnx.name, "source_s": round(time.perf_counter() - t0, 1)}
     t0 = time.perf_counter()
     kwargs = {"pipeline": pipeline} if pipeline else {}
     # validate=False: no onnxruntime check of the output (a subprocess per transfer); loading it
@@ -145,7 +164,7 @@ def initialize(model: nn.Module, method: Method, source_onnx: Path, target_onnx:
     report = frontc.torch.load_onnx_weights(model, output, args=args)
     return {"transfer_s": round(seconds, 3), "coverage": round(state.plan.coverage, 4),
             "mapped": state.plan.mapped_tensors, "kept": len(state.plan.kept),
-            "loaded": len(report.filled), "pipeline": state.pipeline}
+            "loaded": len(report.filled), "pipeline": state.pipeline, **extra}
 
 
 

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.convergence.common import (TrainConfig, bn_recalibrator, export_legacy,
+from benchmarks.convergence import common
+from benchmarks.convergence.common import (Method, TrainConfig, bn_recalibrator, export_legacy,
                                            set_bn_momentum)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,7 @@ class Study:
     prepare: Callable[[nn.Module], None] | None = None     # after initialization
     before_eval: Callable | None = None     # data -> callable(model) run before each evaluation
     notes: list[str] = field(default_factory=list)
+    methods: list[Method] = field(default_factory=list)    # methods only this study runs
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -152,6 +154,32 @@ def brown_windows(length: int = 32, n_test: int = 600):
 
 # -- vision ViT ---------------------------------------------------------------------------------
 
+# FRONT+ on the ViT source: examples/refine.py's recipe (lambda 3, lr 3e-4, batch 64, keep 0.75
+# = 48/64, depth keep 0.5 = 3/6, hard mask, normalized) for fewer steps than its 1,000.
+FRONTPLUS = {"steps": 300, "lam": 3.0, "keep": 0.75, "depth_keep": 0.5}
+
+
+def frontplus_source(source: Path, work: Path) -> Path:
+    """`source` refined by FRONT+ (examples/refine.py's refine_source on MNIST, its training
+    task), written once into the work folder and shared by every target and seed."""
+    out = work / f"{source.stem}_frontplus{FRONTPLUS['steps']}.onnx"
+    if not out.is_file():
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("frontplus_refine",
+                                                      ROOT / "examples" / "refine.py")
+        refine = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(refine)
+        partial = out.with_name(out.stem + ".partial.onnx")
+        refine.refine_source(source, partial, **FRONTPLUS)
+        partial.replace(out)
+    return out
+
+
+FRONTPLUS_ORTHO = Method(
+    "frontplus-ortho", "FRONT+ (ortho)", {"convention": "ortho"}, source=frontplus_source,
+    source_cli=f"python examples/refine.py --steps {FRONTPLUS['steps']} (SRC -> REFINED)")
+
 def vit_study(quick: bool = False) -> Study:
     from models.build import ViT
 
@@ -178,10 +206,15 @@ def vit_study(quick: bool = False) -> Study:
         source_onnx=lambda work: ROOT / "models" / "vit_source.onnx",
         targets=targets, data=sklearn_digits_28, cfg=cfg,
         example=torch.zeros(1, 1, 28, 28), input_name="image",
-        reset_head=("head.",),
+        reset_head=("head.",), methods=[FRONTPLUS_ORTHO],
         notes=["The task has the source's 10 classes, so FRONT would copy the head (weight "
                "selection never does); the benchmark gives every method's head back its own "
-               "initialization, so that only the backbone initialization is compared."])
+               "initialization, so that only the backbone initialization is compared.",
+               f"FRONT+ (ortho): the source is first refined for {FRONTPLUS['steps']} steps on "
+               "MNIST, its own training task, with cross-entropy + 3 x the FRONT+ penalty "
+               "(examples/refine.py's recipe, keep 0.75, depth keep 0.5), once per run of the "
+               "study (the first FRONT+ run's init time includes it); then transferred like "
+               "FRONT ortho. Not in --quick."])
 
 
 # -- vision CNN ---------------------------------------------------------------------------------
@@ -302,4 +335,16 @@ def bert_study(quick: bool = False) -> Study:
                "every method keeps its own init there.", "Dropout is off (short runs)."])
 
 
-STUDIES = {"vision-vit": vit_study, "vision-cnn": efficientnet_study, "language": bert_study}
+def _announcing(factory: Callable[..., Study]) -> Callable[..., Study]:
+    """The study constructor, which also makes the study's own methods (and no other study's)
+    part of common.all_methods()."""
+    def make(quick: bool = False) -> Study:
+        study = factory(quick=quick)
+        common.study_methods[:] = study.methods
+        return study
+    make.__doc__ = factory.__doc__
+    return make
+
+
+STUDIES = {"vision-vit": _announcing(vit_study), "vision-cnn": _announcing(efficientnet_study),
+           "language": _announcing(bert_study)}
