@@ -118,7 +118,7 @@ def split_dims(entries: list, n: int) -> tuple[int, ...] | None:
             return tuple(dims)
         if len(dims) == 3 and dims[0] in (2, 3):
             return tuple(dims)
-        return None
+        # e.g. [1, 12, -1, 32] for 12 tokens and 384 features: -1 = 1 fits but splits nothing
     return None
 
 

@@ -433,8 +433,9 @@ class FileBlocks:
         """Why this learngene cannot give `weight`'s block in `view`, or None when it can."""
         stored = self._stored(weight)
         if stored is False:
-            return ("folding BatchNorm into the conv needs the source's values, which a "
-                    "learngene does not hold; transfer from the source ONNX instead")
+            return ("this source tensor is derived (BatchNorm folded into a conv, or q/k/v split "
+                    "from or stacked into a fused projection) and needs the source's values, "
+                    "which a learngene does not hold; transfer from the source ONNX instead")
         if stored is not None:
             have = self.gene.by_name[stored.name][1].as_view
             if (have.shape, have.fixed) != (view.shape, view.fixed):

@@ -71,7 +71,8 @@ def describe(view: ModelView) -> dict:
         layers = aligned_blocks(r)
         groups = [[layer[k].slots()[key].name for layer in layers]
                   for k, unit in enumerate(layers[0]) for key in unit.slots()]
-        gqa = grouped_query([h for u in layers[0] for h in [view.structure.heads.get(u.op)] if h])
+        gqa = grouped_query([h for u in layers[0] for w in u.weights if w.slot == "linear.weight"
+                             for h in [view.structure.heads_of(w)] if h])
         stages.append({"blocks": r.count + opened, "first_block_differs": opened,
                        "units_per_block": [u.label.split("|")[0] for u in layers[0]],
                        "depth_groups": groups if r.count > 1 else [],

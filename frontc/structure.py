@@ -37,6 +37,7 @@ SINK = -1
 warnings.filterwarnings("ignore", message="The hashes produced for directed graphs")
 
 _MARKERS = {"Add", "Sub", "Mul", "MatMul", "Softmax", "Concat"}
+_COMMUTATIVE = {"Add", "Mul", "Sum", "Max", "Min"}
 _LINEAR = {"Gemm", "MatMul"}
 
 
@@ -47,6 +48,7 @@ class Unit:
     op: ir.Node
     weights: list[Weight]
     label: str
+    parts: tuple[int, ...] = ()     # separate q, k, v projections merged: weights per part
 
     def slots(self) -> dict[tuple[str, int], Weight]:
         """Weights keyed by (kind, occurrence), the key that pairs them across models."""
@@ -102,17 +104,12 @@ class Structure:
 
     def heads_of(self, weight: Weight) -> Heads | None:
         """The heads along `weight`'s canonical axes (a projection's weight or bias)."""
-        found = self.heads.get(self.unit_of.get(weight.name))
+        found = getattr(weight, "heads", None) or self.heads.get(self.unit_of.get(weight.name))
         if found is None or (found.axis == "in" and weight.slot != "linear.weight"):
             return None
         return found
 
-    @property
-    def unit_of(self) -> dict[str, ir.Node]:
-        if not hasattr(self, "_unit_of"):
-            self._unit_of = {w.name: u.op for seg in self.segments for u in seg.units for w in u.weights}
-            self._unit_of.update({w.name: u.op for u in self.orphans for w in u.weights})
-        return self._unit_of
+    unit_of: dict[str, ir.Node] = field(default_factory=dict)    # weight name -> its own unit op
 
     def runs(self, vocabulary: set[tuple[str, ...]] = frozenset()) -> list[Run]:
         return encode(self.segments, vocabulary)
@@ -224,6 +221,7 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     number = {n: i for i, n in enumerate(nodes)}
     units, attached = _units(index, nodes)
     heads = detect(units, attached, index)
+    unit_of = {w.name: op for op, u in units.items() for w in u.weights}
     # Shape arithmetic (Shape -> Gather -> Concat -> Reshape's shape input) and constant
     # folding left undone are exporter noise: a node that holds no weights and whose every
     # activation input (none at all, for constant computations) comes from such nodes is one.
@@ -256,7 +254,7 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     holders = [number[op] for op in units if number[op] in ipdom]
     orphans = [u for op, u in units.items() if number[op] not in ipdom]
     if not holders:
-        return Structure(index, [], orphans, heads)
+        return Structure(index, [], orphans, heads, unit_of)
     chain = [min(holders)]
     while chain[-1] != SINK:
         chain.append(ipdom[chain[-1]])
@@ -275,10 +273,12 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
     for v, k in owner.items():
         members[k].add(v)
 
+    alias = _merge_qkv(graph, nodes, units, heads, number)
+
     def is_kept(v: int) -> bool:
         node = nodes[v]
         if node in units:
-            return True
+            return v not in alias
         if node in attached or node.op_type not in _MARKERS or v in shapes:
             return False
         return sum(_is_dynamic(x, index.plumbing) and number.get(x.producer(), -2) not in shapes
@@ -295,12 +295,63 @@ def analyze(model: ir.Model, index: WeightIndex) -> Structure:
             core.add(c)
         if not any(nodes[v] in units for v in core):
             continue  # weight-free stretches are contracted into their neighbours
-        segments.append(_segment(graph, nodes, units, core - shapes, is_kept))
-    return Structure(index, segments, orphans, heads)
+        segments.append(_segment(graph, nodes, units, core - shapes, is_kept, alias))
+    return Structure(index, segments, orphans, heads, unit_of)
 
 
-def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept) -> Segment:
-    """Contract a segment's core into its skeleton, hash it, order its units canonically."""
+def _first_attention_matmul(graph: nx.DiGraph, nodes, units, start: int) -> tuple[int, str] | None:
+    """(node, entry port) of the first MatMul of two activations downstream of `start`."""
+    stack, seen = [start], {start}
+    while stack:
+        u = stack.pop()
+        for w in graph.successors(u):
+            if w == SINK or w in seen:
+                continue
+            if nodes[w].op_type == "MatMul" and nodes[w] not in units:
+                return w, graph.edges[u, w]["port"]
+            seen.add(w)
+            stack.append(w)
+    return None
+
+
+def _merge_qkv(graph: nx.DiGraph, nodes, units: dict, heads: dict, number: dict) -> dict[int, int]:
+    """Separate q, k and v projections of one attention become one unit, like a fused qkv
+    projection: three linear units with heads on their output that read one activation, where
+    q enters the scores MatMul first, k second, and v the MatMul with the attention weights.
+    Returns member node -> the merged unit's node (q's); `units` gets the merged unit."""
+    readers: dict[int, list[ir.Node]] = {}
+    for op, unit in units.items():
+        h = heads.get(op)
+        if h is None or h.axis != "out" or len(h.groups) != 1 or number.get(op) not in graph:
+            continue
+        sources = tuple(sorted(graph.predecessors(number[op])))
+        if len(sources) == 1:
+            readers.setdefault(sources[0], []).append(op)
+    alias: dict[int, int] = {}
+    for ops in readers.values():
+        if len(ops) != 3:
+            continue
+        entry = {op: _first_attention_matmul(graph, nodes, units, number[op]) for op in ops}
+        if None in entry.values():
+            continue
+        by_role = {}
+        for op, (matmul, port) in entry.items():
+            shared = [o for o in ops if entry[o][0] == matmul]
+            role = ("q" if port == "0" else "k") if len(shared) == 2 else ("v" if port == "1" else None)
+            by_role[role] = op
+        if set(by_role) != {"q", "k", "v"}:
+            continue
+        q, k, v = (units[by_role[r]] for r in "qkv")
+        units[q.op] = Unit(q.op, q.weights + k.weights + v.weights, q.label,
+                           (len(q.weights), len(k.weights), len(v.weights)))
+        alias[number[k.op]] = alias[number[v.op]] = number[q.op]
+    return alias
+
+
+def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept, alias=None) -> Segment:
+    """Contract a segment's core into its skeleton, hash it, order its units canonically.
+    Nodes in `alias` (merged q/k/v projections) stand for the node they map to."""
+    alias = alias or {}
     kept = [v for v in sorted(core) if is_kept(v)]
     skeleton = nx.DiGraph()
     for v in kept:
@@ -309,18 +360,23 @@ def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept) -> Segmen
         skeleton.add_node(v, label=unit.label if unit else f"join:{node.op_type}", unit=unit)
     ports: dict[tuple[int, int], set[str]] = {}
     for v in kept:  # every contracted path from v to a kept node, with the ports it enters by
-        stack, seen = [v], {v}
+        starts = [v] + [m for m, r in alias.items() if r == v and m in core]
+        stack, seen = list(starts), set(starts)
         while stack:
             u = stack.pop()
             for w in graph.successors(u):
                 if w not in core:
                     continue
-                if w in skeleton:
-                    ports.setdefault((v, w), set()).update(graph.edges[u, w]["port"].split(","))
+                if alias.get(w, w) in skeleton:
+                    if alias.get(w, w) != v:
+                        ports.setdefault((v, alias.get(w, w)), set()).update(
+                            graph.edges[u, w]["port"].split(","))
                 elif w not in seen:
                     seen.add(w)
                     stack.append(w)
     for (v, w), entry in ports.items():
+        if nodes[w].op_type in _COMMUTATIVE and nodes[w] not in units:   # x + f(x) == f(x) + x
+            entry = {f"c{i}" for i in range(len(entry))}
         skeleton.add_edge(v, w, port=",".join(sorted(entry)))
     token = nx.weisfeiler_lehman_graph_hash(skeleton, node_attr="label", edge_attr="port",
                                             iterations=3)

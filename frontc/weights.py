@@ -336,3 +336,60 @@ def unfold_batchnorm(source: dict, target: dict) -> dict:
             ("bn.scale", 0): StandIn(bias, "bn.scale", 1.0),
             ("bn.mean", 0): StandIn(bias, "bn.mean", 0.0),
             ("bn.var", 0): StandIn(bias, "bn.var", 1.0 - eps)}
+
+
+@dataclass
+class QKVPart:
+    """Rows [start, stop) of a fused q/k/v projection's weight or bias: one of q, k or v, read
+    like a Weight (a fused source initializing a target with separate projections)."""
+
+    fused: Weight
+    start: int
+    stop: int
+    part: int                  # 0 q, 1 k, 2 v
+    heads: object = None       # frontc.heads.Heads of this part, when known
+
+    def __getattr__(self, name):
+        return getattr(self.fused, name)
+
+    @property
+    def name(self) -> str:
+        return f"{self.fused.name}[{self.start}:{self.stop}]"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.stop - self.start,) + tuple(self.fused.shape[1:])
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def array(self) -> np.ndarray:
+        return self.fused.array()[self.start:self.stop]
+
+
+@dataclass
+class QKVStack:
+    """Separate q, k, v weights (or biases) stacked along the output axis, read like the weight
+    of one fused projection (separate sources initializing a fused target)."""
+
+    parts: list[Weight]
+    heads: object = None
+
+    def __getattr__(self, name):
+        return getattr(self.parts[0], name)
+
+    @property
+    def name(self) -> str:
+        return "+".join(w.name for w in self.parts)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (sum(w.shape[0] for w in self.parts),) + tuple(self.parts[0].shape[1:])
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def array(self) -> np.ndarray:
+        return np.concatenate([w.array() for w in self.parts])

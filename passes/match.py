@@ -12,12 +12,15 @@ Rules:
 4. When the source keeps BatchNormalization after a conv and the target's exporter folded it,
    the source's BatchNorm is folded into its conv weight and bias first; in the opposite case
    the target's BatchNorm is set to pass the source's conv bias through (exact either way).
-5. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
+5. Fused and separate q/k/v (timm's qkv Linear, GPT-2's c_attn vs HF's query/key/value) are
+   one unit in both (frontc.structure merges separate ones); a fused source initializes
+   separate targets from its q, k and v rows, separate sources a fused target stacked.
+6. A pair is refused (the target keeps its own init, with the reason) when the weight kinds or
    view ranks differ, or a fixed axis (vocabulary, class count) has different sizes.
-6. An overrides file (`overrides`) pins target tensors to named source tensors, or keeps them
+7. An overrides file (`overrides`) pins target tensors to named source tensors, or keeps them
    at their own init, after all of the above (docs/matching.md shows the format).
-7. No mapped tensor at all is an error: the models share no structure.
-8. Views (how the dct pass reshapes a tensor before its DCT): the published whole view by
+8. No mapped tensor at all is an error: the models share no structure.
+9. Views (how the dct pass reshapes a tensor before its DCT): the published whole view by
    default; `heads=aware` gives attention projections a head axis of their own (the q/k/v
    group axis and head_dim fixed, the head count resized: frontc.heads finds them), and
    `conv_view=separable` gives conv weights separate output and input channel axes. A pair
@@ -36,7 +39,8 @@ from frontc.pipeline import Pass, State
 from frontc.plan import (Kept, Mapping, Plan, View, heads_view, separable_view, view_shape,
                          whole_view)
 from frontc.structure import Run, Structure, aligned_blocks, correspondence
-from frontc.weights import Weight, fold_batchnorm, unfold_batchnorm
+from frontc.heads import Heads
+from frontc.weights import QKVPart, QKVStack, Weight, fold_batchnorm, unfold_batchnorm
 
 
 def align(source: list[Run], target: list[Run]) -> list[tuple[Run, Run]]:
@@ -102,12 +106,53 @@ def pair_views(source: Weight, target: Weight, source_structure: Structure | Non
     return whole_view(source), whole_view(target)
 
 
+def split_qkv(slots: dict, heads: Heads | None) -> dict:
+    """A fused q/k/v unit's slots as a merged unit's: (kind, 0|1|2) for its q, k, v rows."""
+    weight, bias = slots.get(("linear.weight", 0)), slots.get(("linear.bias", 0))
+    if weight is None or heads is None or heads.axis != "out" or len(heads.groups) != 3:
+        return slots
+    out, start = {}, 0
+    for i, count in enumerate(heads.groups):
+        stop = start + count * heads.head_dim
+        part = Heads("out", (count,), heads.head_dim)
+        out["linear.weight", i] = QKVPart(weight, start, stop, i, part)
+        if bias is not None:
+            out["linear.bias", i] = QKVPart(bias, start, stop, i, part)
+        start = stop
+    return out
+
+
+def stack_qkv(slots: dict, structure: Structure) -> dict:
+    """A merged unit's separate q, k, v slots as one fused unit's (stacked along the output)."""
+    weights = [slots.get(("linear.weight", i)) for i in range(3)]
+    biases = [slots.get(("linear.bias", i)) for i in range(3)]
+    if None in weights:
+        return slots
+    parts = [structure.heads_of(w) for w in weights]
+    heads = None
+    if None not in parts and len({h.head_dim for h in parts}) == 1:
+        heads = Heads("out", tuple(h.groups[0] for h in parts), parts[0].head_dim)
+    out = {("linear.weight", 0): QKVStack(weights, heads)}
+    if None not in biases:
+        out["linear.bias", 0] = QKVStack(biases, heads)
+    return out
+
+
+def stored_names(weight) -> list[str]:
+    """The stored tensors a (possibly derived) source weight reads."""
+    if isinstance(weight, QKVPart):
+        return [weight.fused.name]
+    if isinstance(weight, QKVStack):
+        return [w.name for w in weight.parts]
+    return [weight.name]
+
+
 def has_bn(unit) -> bool:
     return any(kind.startswith("bn.") for kind, _ in unit.slots())
 
 
 def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index,
-               views=None) -> Plan:
+               views=None, source_structure: Structure | None = None) -> Plan:
     """`views(source weight, target weight)` -> (View, View) for a mapping (default: whole)."""
     plan = Plan()
     for s_run, t_run in align(source_runs, target_runs):
@@ -125,7 +170,11 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
             for s_unit, t_unit in pairs:
                 ks, kt = position_s[id(s_unit)], position_t[id(t_unit)]
                 t_slots = t_unit.slots()
-                if has_bn(s_unit) and not has_bn(t_unit):
+                if t_unit.parts and not s_unit.parts and source_structure is not None:
+                    source_slots = lambda u: split_qkv(u.slots(), source_structure.heads.get(u.op))  # noqa: E731
+                elif s_unit.parts and not t_unit.parts and source_structure is not None:
+                    source_slots = lambda u: stack_qkv(u.slots(), source_structure)  # noqa: E731
+                elif has_bn(s_unit) and not has_bn(t_unit):
                     source_slots = lambda u: fold_batchnorm(u.slots())  # noqa: E731
                 elif has_bn(t_unit) and not has_bn(s_unit):
                     source_slots = lambda u: unfold_batchnorm(u.slots(), t_slots)  # noqa: E731
@@ -145,7 +194,7 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
                     if views is not None:
                         mapping.source_view, mapping.target_view = views(sources[0], targets[0])
                     plan.mappings.append(mapping)
-    used = {w.name for m in plan.mappings for w in m.sources}
+    used = {name for m in plan.mappings for w in m.sources for name in stored_names(w)}
     mapped = {w.name for m in plan.mappings for w in m.targets} | {k.weight.name for k in plan.kept}
     for w in target_index.weights:
         if w.name not in mapped:
@@ -231,7 +280,7 @@ class Match(Pass):
         vocabulary = {r.unit for r in bare_src + bare_tgt if r.count > 1 or len(r.unit) > 1}
         views = lambda s, t: pair_views(s, t, src, tgt, self.heads, self.conv_view)  # noqa: E731
         plan = build_plan(src.runs(vocabulary), tgt.runs(vocabulary),
-                          state.source.index, state.target.index, views)
+                          state.source.index, state.target.index, views, src)
         if self.overrides:
             apply_overrides(plan, Path(self.overrides), state.source.index, state.target.index, views)
         if not plan.mappings:

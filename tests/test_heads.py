@@ -1,5 +1,6 @@
 """Attention heads read from real exports (timm-style fused qkv, HF BERT, GPT-2's Conv1D + Split,
 Llama's grouped-query attention; both torch exporters) and head-aware resizing (--heads aware)."""
+import re
 from collections import Counter
 
 import numpy as np
@@ -162,3 +163,48 @@ def test_aware_from_a_learngene_is_byte_identical(models, tmp_path):
     state = frontc.transfer(whole, target, tmp_path / "mixed.onnx", heads="aware")
     reasons = [k.reason for k in state.plan.kept]
     assert reasons and all("--heads" in r for r in reasons)
+
+
+@pytest.fixture(scope="module")
+def hf_vit(tmp_path_factory):
+    def make(width, depth, heads):
+        path = tmp_path_factory.mktemp("hfvit") / f"hf_vit_{width}x{depth}.onnx"
+        torch.manual_seed(width)
+        config = transformers.ViTConfig(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                                        intermediate_size=4 * width, image_size=16, patch_size=4)
+        model = transformers.ViTModel(config, add_pooling_layer=False).eval()
+        torch.onnx.export(LastHidden(model), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["y"], opset_version=18)
+        return path
+    return make
+
+
+@pytest.mark.parametrize("heads", ["whole", "aware"])
+def test_fused_qkv_initializes_separate_projections(models, hf_vit, tmp_path, heads):
+    """timm-style fused qkv (64 wide, 4 heads) -> HF ViT with separate query/key/value (32 wide,
+    2 heads): every target tensor is mapped, q from the source's q rows, k from k, v from v."""
+    source, target = models("vit", "legacy", 64, 4), hf_vit(32, 2, 2)
+    state = frontc.transfer(source, target, tmp_path / "out.onnx", heads=heads)
+    assert state.plan.coverage == 1.0, [(k.weight.name, k.reason) for k in state.plan.kept]
+    parts = {}
+    for m in state.plan.mappings:
+        if "[" in m.sources[0].name:                       # rows of the fused projection
+            rows = m.sources[0].name.rsplit("[", 1)[1]
+            for t in m.targets:     # the exporter's node path names the projection (ground truth)
+                role = re.search(r"/(q|k|v)_proj/|/(query|key|value)/", t.op.name)
+                parts.setdefault(rows, set()).add((role.group(1) or role.group(2))[0])
+    assert parts == {"0:64]": {"q"}, "64:128]": {"k"}, "128:192]": {"v"}}
+    if heads == "aware":
+        assert {m.views[1].kind for m in state.plan.mappings if "[" in m.sources[0].name} == {"heads"}
+    y = run_onnx(tmp_path / "out.onnx", np.zeros((1, 3, 16, 16), np.float32))
+    assert y.shape[-1] == 32 and np.all(np.isfinite(y))
+
+
+def test_separate_projections_initialize_a_fused_qkv(models, hf_vit, tmp_path):
+    source, target = hf_vit(64, 4, 4), models("vit", "dynamo", 32, 2)
+    state = frontc.transfer(source, target, tmp_path / "out.onnx", heads="aware")
+    fused = [m for m in state.plan.mappings if m.targets[0].shape in ((96, 32), (96,))]
+    assert len(fused) == 2 and all(len(m.sources[0].parts) == 3 for m in fused)
+    assert all(m.views[1].shape[:3] == (3, 2, 16) for m in fused)
+    blocks = [k for k in state.plan.kept if "class" not in k.weight.roles]
+    assert not [k for k in blocks if k.weight.slot == "linear.weight" and k.weight.shape != (10, 32)]

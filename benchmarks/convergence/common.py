@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import math
 import time
-import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ from torch import nn
 import frontc
 import frontc.torch
 from frontc.passes.select import PIPELINE as SELECT_PIPELINE
-from frontc.pipeline import lookup
 
 
 # -- methods ------------------------------------------------------------------------------------
@@ -45,6 +43,7 @@ class Method:
     # FRONT+-refined copy made once per work folder; None: the study's source as it is
     source: Callable[[Path, Path], Path] | None = field(default=None, compare=False, repr=False)
     source_cli: str = ""             # how `source` makes its file, for the command table
+    studies: tuple[str, ...] = ()    # the studies it runs in (empty: all)
 
     @property
     def transfers(self) -> bool:
@@ -78,42 +77,18 @@ BASE_METHODS = [
            {"convention": "reference", "depth_mode": "repeat"}, deeper_only=True),
 ]
 
-# Variants the resize/dct passes may offer by now: (method name, label, words in an option's name
-# or in one of its choices). Found at run time in `frontc passes`, used when present.
-OPTIONAL_VARIANTS = [
-    ("front-ref-headaware", "FRONT reference, head-aware attention", ("head",)),
-    ("front-ref-separable", "FRONT reference, separable conv", ("separable",)),
-    ("front-ref-stdrescale", "FRONT reference, std-rescale", ("rescale", "std")),
+# The variants the match and resize passes offer, each where it changes something: separable
+# conv views in the CNN study, head-aware attention in the transformer studies, std-rescale
+# (which undoes the reference scaling's magnitude changes) where depth shrinks.
+VARIANT_METHODS = [
+    Method("front-ortho-separable", "FRONT ortho, separable conv",
+           {"convention": "ortho", "conv_view": "separable"}, studies=("vision-cnn",)),
+    Method("front-ortho-heads", "FRONT ortho, head-aware attention",
+           {"convention": "ortho", "heads": "aware"}, studies=("vision-vit", "language")),
+    Method("front-ref-stdrescale", "FRONT reference, std-rescale",
+           {"convention": "reference", "pipeline": "canonicalize,match,dct,resize{std_rescale=True},emit"},
+           studies=("vision-vit",)),
 ]
-
-
-def optional_methods() -> list[Method]:
-    """The optional variants the dct/resize passes offer now (bool options switched on, or a
-    choice picked), each on top of the reference convention."""
-    found = []
-    for name, label, words in OPTIONAL_VARIANTS:
-        for pass_name in ("dct", "resize"):
-            cls = lookup(pass_name)
-            hints = typing.get_type_hints(cls)
-            for f in cls.options():
-                lowered = f.name.lower()
-                choices = f.metadata.get("choices") or ()
-                if hints.get(f.name) is bool and any(w in lowered for w in words):
-                    value = "true"
-                else:
-                    picked = [c for c in choices if isinstance(c, str)
-                              and any(w in c.lower() for w in words) and c != f.default]
-                    if not picked:
-                        continue
-                    value = picked[0]
-                pipeline = ("canonicalize,match,dct,resize{%s=%s},emit" if pass_name == "resize"
-                            else "canonicalize,match,dct{%s=%s},resize,emit") % (f.name, value)
-                found.append(Method(name, label, {"convention": "reference", "pipeline": pipeline}))
-                break
-            else:
-                continue
-            break
-    return found
 
 
 # Methods only one study can run (FRONT+ needs the source's own training task). run.py and
@@ -124,7 +99,7 @@ study_methods: list[Method] = []
 
 
 def all_methods() -> list[Method]:
-    return BASE_METHODS + optional_methods() + study_methods
+    return BASE_METHODS + VARIANT_METHODS + study_methods
 
 
 # -- initialization through frontc -------------------------------------------------------------

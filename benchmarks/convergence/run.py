@@ -26,9 +26,11 @@ from benchmarks.convergence.studies import STUDIES, Study, Target
 QUICK_METHODS = ("random", "select", "front-ref", "front-ortho")
 
 
-def methods_for(target: Target, quick: bool, only: set[str] | None) -> list[common.Method]:
+def methods_for(study: Study, target: Target, quick: bool, only: set[str] | None) -> list[common.Method]:
     chosen = []
     for m in common.all_methods():
+        if m.studies and study.name not in m.studies:
+            continue
         if m.deeper_only and not target.deeper:
             continue
         if quick and m.name not in QUICK_METHODS:
@@ -60,7 +62,7 @@ def run_study(study: Study, seeds: list[int], quick: bool, only: set[str] | None
                  "params": common.n_params(probe), "flops_per_step": common.flops_per_step(probe, x, y),
                  "methods": [], "runs": []}
         del probe
-        methods = methods_for(target, quick, only)
+        methods = methods_for(study, target, quick, only)
         entry["methods"] = [{"name": m.name, "label": m.label, "options": m.options, "cli": m.cli()}
                             for m in methods]
         for seed in seeds:
