@@ -192,7 +192,11 @@ def vit_study(quick: bool = False) -> Study:
     targets = [Target("vit-48x6", "ViT 48 wide, 6 deep (width)", make(48, 6, 4)),
                Target("vit-64x3", "ViT 64 wide, 3 deep (depth)", make(64, 3, 4)),
                Target("vit-48x3", "ViT 48 wide, 3 deep (both)", make(48, 3, 4)),
-               Target("vit-64x8", "ViT 64 wide, 8 deep (deeper)", make(64, 8, 4), deeper=True)]
+               Target("vit-64x8", "ViT 64 wide, 8 deep (deeper)", make(64, 8, 4), deeper=True),
+               # 3 heads of the source's head_dim 16 (the 48-wide targets above have 4 heads of
+               # 12): the only narrower targets where head-aware resizing applies
+               Target("vit-48x6-h3", "ViT 48 wide, 6 deep, 3 heads (width, head_dim kept)", make(48, 6, 3)),
+               Target("vit-48x3-h3", "ViT 48 wide, 3 deep, 3 heads (both, head_dim kept)", make(48, 3, 3))]
     if quick:
         targets = targets[2:3]
     steps = 40 if quick else 150
