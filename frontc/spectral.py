@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from frontc.spectral_groups import Group, discover, from_lists
+from frontc.spectral_groups import discover, from_lists
 
 EPS = 1e-8      # frontc's standardization epsilon
 TINY = 1e-30    # under the square root only: keeps the gradient of a constant tensor finite

@@ -101,6 +101,7 @@ class Structure:
     segments: list[Segment]
     orphans: list[Unit]             # units off every segment (dead code)
     heads: dict[ir.Node, Heads] = field(default_factory=dict)   # linear unit op -> its heads
+    unit_of: dict[str, ir.Node] = field(default_factory=dict)    # weight name -> its own unit op
 
     def heads_of(self, weight: Weight) -> Heads | None:
         """The heads along `weight`'s canonical axes (a projection's weight or bias)."""
@@ -108,8 +109,6 @@ class Structure:
         if found is None or (found.axis == "in" and weight.slot != "linear.weight"):
             return None
         return found
-
-    unit_of: dict[str, ir.Node] = field(default_factory=dict)    # weight name -> its own unit op
 
     def runs(self, vocabulary: set[tuple[str, ...]] = frozenset()) -> list[Run]:
         return encode(self.segments, vocabulary)
@@ -367,10 +366,10 @@ def _segment(graph: nx.DiGraph, nodes, units, core: set[int], is_kept, alias=Non
             for w in graph.successors(u):
                 if w not in core:
                     continue
-                if alias.get(w, w) in skeleton:
-                    if alias.get(w, w) != v:
-                        ports.setdefault((v, alias.get(w, w)), set()).update(
-                            graph.edges[u, w]["port"].split(","))
+                kept_w = alias.get(w, w)          # a merged k/v projection stands for its q
+                if kept_w in skeleton:
+                    if kept_w != v:
+                        ports.setdefault((v, kept_w), set()).update(graph.edges[u, w]["port"].split(","))
                 elif w not in seen:
                     seen.add(w)
                     stack.append(w)

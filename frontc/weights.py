@@ -346,7 +346,6 @@ class QKVPart:
     fused: Weight
     start: int
     stop: int
-    part: int                  # 0 q, 1 k, 2 v
     heads: object = None       # frontc.heads.Heads of this part, when known
 
     def __getattr__(self, name):

@@ -40,7 +40,7 @@ from frontc import dct
 from frontc.backend import Backend, cpu
 from frontc.errors import InputError, PipelineError
 from frontc.pipeline import Pass, State
-from frontc.plan import Gene, Kept, Mapping, View, view_shape, whole_view
+from frontc.plan import Gene, Kept, Mapping, View, whole_view
 from frontc.weights import Weight
 
 EPS = 1e-8

@@ -97,7 +97,7 @@ def source_view(weight: Weight, structure: Structure | None, heads: str = "whole
 
 def pair_views(source: Weight, target: Weight, source_structure: Structure | None,
                target_structure: Structure | None, heads: str, conv_view: str) -> tuple[View, View]:
-    """Rule 8: both special views when they agree in kind, rank and fixed axes, else whole."""
+    """Rule 9: both special views when they agree in kind, rank and fixed axes, else whole."""
     a = source_view(source, source_structure, heads, conv_view)
     b = source_view(target, target_structure, heads, conv_view)
     if a.kind == b.kind and a.fixed == b.fixed and len(a.shape) == len(b.shape) and \
@@ -115,9 +115,9 @@ def split_qkv(slots: dict, heads: Heads | None) -> dict:
     for i, count in enumerate(heads.groups):
         stop = start + count * heads.head_dim
         part = Heads("out", (count,), heads.head_dim)
-        out["linear.weight", i] = QKVPart(weight, start, stop, i, part)
+        out["linear.weight", i] = QKVPart(weight, start, stop, part)
         if bias is not None:
-            out["linear.bias", i] = QKVPart(bias, start, stop, i, part)
+            out["linear.bias", i] = QKVPart(bias, start, stop, part)
         start = stop
     return out
 
@@ -149,6 +149,14 @@ def stored_names(weight) -> list[str]:
 
 def has_bn(unit) -> bool:
     return any(kind.startswith("bn.") for kind, _ in unit.slots())
+
+
+def new_mapping(targets: list[Weight], sources: list, views=None) -> Mapping:
+    """A mapping with the views `views(source, target)` chooses (None: whole views)."""
+    mapping = Mapping(targets, sources)
+    if views is not None:
+        mapping.source_view, mapping.target_view = views(sources[0], targets[0])
+    return mapping
 
 
 def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, target_index,
@@ -190,10 +198,7 @@ def build_plan(source_runs: list[Run], target_runs: list[Run], source_index, tar
                         plan.kept.extend(Kept(t, reason) for t in targets)
                         continue
                     sources = [source_slots(layer[ks])[key] for layer in s_layers]
-                    mapping = Mapping(targets, sources)
-                    if views is not None:
-                        mapping.source_view, mapping.target_view = views(sources[0], targets[0])
-                    plan.mappings.append(mapping)
+                    plan.mappings.append(new_mapping(targets, sources, views))
     used = {name for m in plan.mappings for w in m.sources for name in stored_names(w)}
     mapped = {w.name for m in plan.mappings for w in m.targets} | {k.weight.name for k in plan.kept}
     for w in target_index.weights:
@@ -254,10 +259,7 @@ def apply_overrides(plan: Plan, path: Path, source_index, target_index, views=No
         if reason:
             raise InputError(f"overrides {path}: {name} <- {', '.join(w.name for w in layers)}: {reason}")
         release(name)
-        mapping = Mapping([target], layers)
-        if views is not None:
-            mapping.source_view, mapping.target_view = views(layers[0], target)
-        plan.mappings.append(mapping)
+        plan.mappings.append(new_mapping([target], layers, views))
 
 
 @dataclass(frozen=True)

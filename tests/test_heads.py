@@ -90,7 +90,7 @@ def test_aware_resize_equals_an_independent_computation(models, tmp_path):
     source, target = models("vit", "legacy", 64, 4), models("vit", "dynamo", 32, 2)
     state = frontc.transfer(source, target, tmp_path / "out.onnx", heads="aware")
     qkv = [m for m in state.plan.mappings if m.views[1].kind == "heads" and m.targets[0].shape == (96, 32)]
-    assert qkv and qkv[0].views == (qkv[0].views[0], qkv[0].views[1])
+    assert len(qkv) == 1                 # one depth group: the qkv weight of both layers
     mapping = qkv[0]
     assert mapping.views[0].shape == (3, 4, 16, 64) and mapping.views[1].shape == (3, 2, 16, 32)
     out = onnx.load(tmp_path / "out.onnx")
