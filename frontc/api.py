@@ -35,7 +35,7 @@ def plan(source: str | os.PathLike, target: str | os.PathLike, **options: Any) -
 
 def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
             keep_ratio: float = 1.0, device: str = "auto", progress=None, heads: str = "whole",
-            conv_view: str = "flat") -> dict:
+            conv_view: str = "separable") -> dict:
     """Write the learngene of the ONNX model `source` to `output` (safetensors, docs/learngene.md)
     once; `transfer(output, target, ...)` then initializes any number of targets from it.
     `heads` and `conv_view` choose the views the blocks are taken in (the match pass's options)."""

@@ -132,8 +132,8 @@ heads_option = click.option(
          "keep head_dim, resize the head count, q/k/v apart (heads are read from the graph).")
 conv_view_option = click.option(
     "--conv-view", type=click.Choice(["flat", "separable"]), default=None,
-    help="Conv weights: the published 'flat' [out*in, kernel] view (default) or 'separable' "
-         "[out, in, kernel], a DCT over output and input channels each.")
+    help="Conv weights: 'separable' [out, in, kernel], a DCT over output and input channels "
+         "each (default, docs/results.md), or the published 'flat' [out*in, kernel] view.")
 
 
 def pipeline_options(f):
@@ -381,7 +381,7 @@ def extract(source, output, convention, keep_ratio, heads, conv_view, device, qu
 
     with progress_bars(not quiet) as progress:
         done = run_extract(source, output, convention, keep_ratio, device, progress,
-                           heads or "whole", conv_view or "flat")
+                           heads or "whole", conv_view or "separable")
     if not quiet:
         click.echo(f"wrote {output}: {done['tensors']} tensors, {done['coefficients']:,} "
                    f"coefficients ({done['coefficients'] / max(done['source_parameters'], 1):.1%} of "

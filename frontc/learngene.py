@@ -173,7 +173,7 @@ def _header(meta: dict[str, str], items: list[tuple[str, str, list[int]]]) -> tu
 
 
 def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backend: Backend,
-          source_sha256: str = "", progress=None, heads: str = "whole", conv_view: str = "flat") -> dict:
+          source_sha256: str = "", progress=None, heads: str = "whole", conv_view: str = "separable") -> dict:
     """Write `view`'s learngene to `path` (streaming) and return a summary."""
     from frontc.passes.dct import in_order, source_block
     from frontc.passes.match import source_view
@@ -224,7 +224,7 @@ def write(path: Path, view: ModelView, convention: str, keep_ratio: float, backe
 
 def extract(source: str | os.PathLike, output: str | os.PathLike, convention: str = "ortho",
             keep_ratio: float = 1.0, device: str = "auto", progress=None, heads: str = "whole",
-            conv_view: str = "flat") -> dict:
+            conv_view: str = "separable") -> dict:
     """Write the learngene of the ONNX model `source` to `output` (a .gene file), atomically."""
     from frontc.passes.canonicalize import view_model
     from frontc.passes.dct import DCT
@@ -312,7 +312,7 @@ def options(path: str | os.PathLike) -> dict:
     meta = _metadata(path, header)
     try:
         return {"convention": meta["convention"], "keep_ratio": float(meta["keep_ratio"]),
-                "heads": meta.get("heads", "whole"), "conv_view": meta.get("conv_view", "flat")}
+                "heads": meta.get("heads", "whole"), "conv_view": meta.get("conv_view", "flat")}  # genes before views: flat
     except (KeyError, ValueError):
         raise InputError(f"learngene {path}: corrupt metadata (convention or keep_ratio)") from None
 

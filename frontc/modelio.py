@@ -540,11 +540,14 @@ class AtomicOutput:
             with _Deferred():
                 self.folder = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.",
                                                     dir=self.final.parent))
-        except BaseException:  # an interrupt held back above lands here: __exit__ will not run
+                tmp = self.folder / self.final.name
+            return tmp
+        # an interrupt held back above lands here (even in a Python-level call such as Path's /,
+        # which is why the path is made inside the block): __exit__ will not run
+        except BaseException:
             if self.folder is not None:
                 _remove(self.folder)
             raise
-        return self.folder / self.final.name
 
     def __exit__(self, exc_type, exc, tb) -> None:
         with _Deferred():

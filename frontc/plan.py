@@ -146,10 +146,15 @@ def separable_view(weight) -> View | None:
     """A conv weight [out, in, *kernel] as [out, in, kernel points]: output and input channels
     get a DCT each instead of one over their flattened product (a 1x1 conv's flattened view is
     one long axis, which mixes every input channel into every output channel)."""
-    if weight.slot != "conv.weight" or len(weight.shape) < 3 or weight.shape[1] == 1:
+    return conv_separable(weight.shape) if weight.slot == "conv.weight" else None
+
+
+def conv_separable(shape: tuple[int, ...]) -> View | None:
+    """separable_view of a conv weight's shape; None for depthwise kernels (in = 1), whose
+    whole view is already [out, kernel]."""
+    if len(shape) < 3 or shape[1] == 1:
         return None
-    shape = (weight.shape[0], weight.shape[1], int(np.prod(weight.shape[2:])))
-    return _squeezed(shape, (False,) * 3, "separable")
+    return _squeezed((shape[0], shape[1], int(np.prod(shape[2:]))), (False,) * 3, "separable")
 
 
 def heads_view(weight, heads) -> View | None:

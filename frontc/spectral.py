@@ -8,7 +8,9 @@ Needs the `torch` extra (the frontc core never imports torch).
 Definition. For every depth group (the same role across the L repeated blocks of a stage) and
 every singleton tensor (L = 1), exactly as frontc's `dct` pass sees it:
   X[l]  = (W_l - mean(W_l)) / (std(W_l, unbiased) + 1e-8)   per layer, canonical [out, in] layout,
-          viewed as at most 2-D (frontc.plan.view_shape) and stacked to [L, h(, w)];
+          viewed as frontc's dct pass views it (frontc.plan.View: the published at-most-2-D
+          view_shape; conv weights [out, in, kernel] with conv_view="separable", frontc's
+          default) and stacked to [L, *view];
   C     = the orthonormal DCT-II of X along every axis (layers, then the view's axes);
   P     = sum_k w(k) C[k]^2, summed over all groups (with normalize=True, divided by sum X^2).
 Kept block: m = int(n * keep_ratio) on each view axis (frontc's --keep-ratio), the whole axis
@@ -16,8 +18,9 @@ where it is fixed (class count, vocabulary: never resized), and m_L = max(1, int
 depth_keep_ratio)) layer frequencies (default depth_keep_ratio = keep_ratio; set it to
 L_target / L_source when the target's depth is known; singletons have no layer axis).
 Weight: w(k) = 0 when k_a < m_a on every axis a, else exp(sum_a gamma_a * max(0, k_a - m_a) / n_a)
-with decay = (gamma_layer, gamma_out, gamma_in) (view axis 0 is "out", axis 1 "in"): 1 on the
-block's edge, growing with the distance past it; gamma = 0 gives the hard mask (w = 1 outside).
+with decay = (gamma_layer, gamma_out, gamma_in) (view axis 0 is "out", the others "in": a
+separable conv's kernel axis too): 1 on the block's edge, growing with the distance past it;
+gamma = 0 gives the hard mask (w = 1 outside).
 
 How it is computed (cheaply, without a weight tensor). With e_a(k) = exp(gamma_a max(0, k-m_a)/n_a)
 and the block indicator I_a, w = prod_a e_a - prod_a I_a, which telescopes over the axes:
@@ -90,6 +93,9 @@ class SpectralRegularizer(nn.Module):
 
     Depth groups come from an export of `model` on `example_inputs` (frontc.spectral_groups),
     or from `groups=[[param, ...], ...]` (each list one depth group, a 1-list a singleton).
+    `conv_view` views conv weights as frontc's match pass does: "separable" [out, in, kernel]
+    (frontc's default) or the published "flat" [out*in, kernel]; penalize in the view you will
+    transfer with.
     forward() reads the model's current parameters; forward(*weights), one tensor per entry of
     `self.weights`, evaluates other values (used by gradcheck and by ONNX exports whose graph
     takes the weights as inputs).
@@ -98,21 +104,23 @@ class SpectralRegularizer(nn.Module):
     def __init__(self, model: nn.Module, keep_ratio: float, *, example_inputs=None,
                  depth_keep_ratio: float | None = None, decay=(0.0, 0.0, 0.0),
                  groups: list[list[nn.Parameter]] | None = None, normalize: bool = False,
-                 max_matrix: int = 1024):
+                 max_matrix: int = 1024, conv_view: str = "separable"):
         super().__init__()
         depth_keep_ratio = keep_ratio if depth_keep_ratio is None else depth_keep_ratio
         for what, r in (("keep_ratio", keep_ratio), ("depth_keep_ratio", depth_keep_ratio)):
             if not 0.0 < r <= 1.0:
                 raise ValueError(f"{what} must be in (0, 1], got {r}")
+        if conv_view not in ("flat", "separable"):
+            raise ValueError(f"conv_view must be 'flat' or 'separable', got {conv_view!r}")
         if len(decay) != 3 or min(decay) < 0:
             raise ValueError(f"decay must be (gamma_layer, gamma_out, gamma_in) >= 0, got {decay}")
         if groups is not None:
-            self.groups, self.skipped = from_lists(model, groups), []
+            self.groups, self.skipped = from_lists(model, groups, conv_view), []
         elif example_inputs is None:
             raise ValueError("pass example_inputs (to find depth groups through an export) "
                              "or groups=[[param, ...], ...]")
         else:
-            self.groups, self.skipped = discover(model, example_inputs)
+            self.groups, self.skipped = discover(model, example_inputs, conv_view)
         self.keep_ratio, self.depth_keep_ratio = keep_ratio, depth_keep_ratio
         self.decay, self.normalize, self.max_matrix = tuple(decay), normalize, max_matrix
         params = [p for g in self.groups for p in g.params]

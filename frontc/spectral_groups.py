@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from frontc.passes.canonicalize import view_model
-from frontc.plan import view_shape
+from frontc.passes.match import source_view
+from frontc.plan import View, conv_separable, view_shape
 from frontc.structure import aligned_blocks
-from frontc.weights import FIXED_ROLES
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Group:
 
     params: list[nn.Parameter]
     perms: list[tuple[int, ...]]    # per layer: param.permute(perm) is the canonical layout
-    view: tuple[int, ...]           # the DCT view of one layer (frontc.plan.view_shape)
+    view: tuple[int, ...]           # the DCT view of one layer (frontc.plan.View's shape)
     fixed: tuple[bool, ...]         # per view axis: never resized (class count, vocabulary)
     names: list[str]                # labels for reports only
 
@@ -46,23 +46,10 @@ class Group:
         return len(self.params)
 
 
-def view_fixed(shape: tuple[int, ...], roles: tuple[str, ...]) -> tuple[bool, ...]:
-    """Per axis of view_shape(shape): True when every canonical axis merged into it is fixed."""
-    rank = len(shape)
-    if rank >= 4:
-        merged = [(0, 1), tuple(range(2, rank))]
-    elif rank == 3:
-        merged = [(0, 1), (2,)]
-    else:
-        merged = [(i,) for i in range(rank)]
-    merged = [axes for axes in merged if int(np.prod([shape[i] for i in axes])) != 1] or [()]
-    fixed = tuple(bool(axes) and all(roles[i] in FIXED_ROLES for i in axes) for axes in merged)
-    assert len(fixed) == len(view_shape(shape)), (shape, roles)
-    return fixed
-
-
-def from_lists(model: nn.Module, groups: list[list[nn.Parameter]]) -> list[Group]:
-    """Groups given by the user: torch layout is taken as canonical, no axis is fixed."""
+def from_lists(model: nn.Module, groups: list[list[nn.Parameter]],
+               conv_view: str = "separable") -> list[Group]:
+    """Groups given by the user: torch layout is taken as canonical, no axis is fixed, and a
+    tensor of 3 or more dims is a conv weight [out, in, *kernel]."""
     names = {id(p): n for n, p in model.named_parameters()}
     out = []
     for params in groups:
@@ -71,9 +58,10 @@ def from_lists(model: nn.Module, groups: list[list[nn.Parameter]]) -> list[Group
             raise ValueError(f"a group mixes shapes {sorted(shapes)}: "
                              f"{[names.get(id(p), '?') for p in params]}")
         shape = shapes.pop()
+        view = (conv_separable(shape) if conv_view == "separable" else None) or \
+            View(view_shape(shape), (False,) * len(view_shape(shape)))
         out.append(Group(list(params), [tuple(range(len(shape)))] * len(params),
-                         view_shape(shape), (False,) * len(view_shape(shape)),
-                         [names.get(id(p), "?") for p in params]))
+                         view.shape, view.fixed, [names.get(id(p), "?") for p in params]))
     return out
 
 
@@ -92,8 +80,10 @@ def _export(model: nn.Module, example_inputs: tuple, path: Path) -> nn.Module:
     return clone
 
 
-def discover(model: nn.Module, example_inputs) -> tuple[list[Group], list[str]]:
-    """(groups, names of trainable parameters left unpenalized) for `model` on `example_inputs`."""
+def discover(model: nn.Module, example_inputs,
+             conv_view: str = "separable") -> tuple[list[Group], list[str]]:
+    """(groups, names of trainable parameters left unpenalized) for `model` on `example_inputs`;
+    each group viewed as frontc's dct pass views it with that conv_view (match.source_view)."""
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     params = list(model.parameters())
@@ -138,9 +128,9 @@ def discover(model: nn.Module, example_inputs) -> tuple[list[Group], list[str]]:
             if any(h is None or h[0] in used for h in hits):
                 continue  # not a parameter (a buffer, a folded tensor) or already taken
             used.update(h[0] for h in hits)
-            w0 = layers[0]
+            view = source_view(layers[0], None, "whole", conv_view)
             groups.append(Group([params[i] for i, _ in hits], [perm for _, perm in hits],
-                                view_shape(w0.shape), view_fixed(w0.shape, w0.roles),
+                                view.shape, view.fixed,
                                 [names.get(id(params[i]), "?") for i, _ in hits]))
     skipped = [names.get(id(p), "?") for i, p in enumerate(params)
                if i not in used and p.requires_grad]

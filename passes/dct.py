@@ -371,11 +371,13 @@ class GeneStore(MappingABC):
                     self.convention, is_log(first), fixed=view.fixed)
 
 
-def extract(layers: list[Weight], convention: str, keep_ratio: float, backend: Backend | None = None) -> Gene:
-    """The whole gene of one source tensor or depth group, straight from the model (NumPy)."""
+def extract(layers: list[Weight], convention: str, keep_ratio: float, backend: Backend | None = None,
+            view: View | None = None) -> Gene:
+    """The whole gene of one source tensor or depth group in `view` (default: the whole view),
+    straight from the model (NumPy)."""
     blocks = DirectBlocks(convention, keep_ratio, backend or cpu())
     store = GeneStore([Mapping(layers, layers)], blocks, convention, blocks.backend)
-    view = whole_view(layers[0])
+    view = view or whole_view(layers[0])
     return store.group(layers, view.kept(keep_ratio), len(layers), view=view)
 
 

@@ -85,7 +85,7 @@ CONV_VIEWS = ("flat", "separable")
 
 
 def source_view(weight: Weight, structure: Structure | None, heads: str = "whole",
-                conv_view: str = "flat") -> View:
+                conv_view: str = "separable") -> View:
     """The view a tensor is DCT'd in under these options (also what `frontc extract` stores)."""
     special = None
     if conv_view == "separable":
@@ -273,8 +273,11 @@ class Match(Pass):
     heads: str = field(default="whole", metadata={"quiet": True, "choices": HEADS, "help": (
         "attention projections: 'whole' matrices (published) or head-'aware' (keep head_dim, "
         "resize the head count, q/k/v apart)")})
-    conv_view: str = field(default="flat", metadata={"quiet": True, "choices": CONV_VIEWS, "help": (
-        "conv weights: the published 'flat' [out*in, kernel] view or 'separable' [out, in, kernel]")})
+    # separable by default since the convergence study (docs/results.md); not quiet, so that
+    # every recorded pipeline says which view it used (before, a plain "match" meant flat)
+    conv_view: str = field(default="separable", metadata={"choices": CONV_VIEWS, "help": (
+        "conv weights: 'separable' [out, in, kernel] (a DCT over output and input channels "
+        "each; default) or the published 'flat' [out*in, kernel]")})
 
     def run(self, state: State) -> None:
         src, tgt = state.source.structure, state.target.structure

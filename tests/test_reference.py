@@ -91,7 +91,8 @@ def test_reference_numerics(exported, tmp_path, width, depth_s, width_t, depth_t
     src_cfg = dict(width=width, depth=depth_s, heads=4)
     tgt_cfg = dict(width=width_t, depth=depth_t, heads=4)
     source, target = exported("ViT", "legacy", 1, **src_cfg), exported("ViT", "legacy", 2, **tgt_cfg)
-    frontc.transfer(source, target, tmp_path / "out.onnx", convention="reference")
+    # the published method: reference scaling, conv weights flattened (the patch embedding)
+    frontc.transfer(source, target, tmp_path / "out.onnx", convention="reference", conv_view="flat")
     expected, tstate = expected_state(exported.torch("ViT", "legacy", 1, **src_cfg),
                                       exported.torch("ViT", "legacy", 2, **tgt_cfg), depth_t)
     got = onnx_weights_by_torch_name(target, tmp_path / "out.onnx", tstate)

@@ -8,7 +8,6 @@ torch = pytest.importorskip("torch")
 import frontc  # noqa: E402
 from frontc import dct  # noqa: E402
 from frontc.passes.dct import extract  # noqa: E402
-from frontc.plan import view_shape  # noqa: E402
 from frontc.spectral import SpectralRegularizer  # noqa: E402
 from helpers import run_onnx  # noqa: E402
 from torchmodels import CNN, MLP, ViT, example_input, export, randomize  # noqa: E402
@@ -44,7 +43,7 @@ def numpy_penalty(reg, keep, depth_keep, decay, normalize=False):
         layers = []
         for p, perm in zip(g.params, g.perms):
             w = np.transpose(p.detach().double().numpy(), perm)
-            layers.append(((w - w.mean()) / (w.std(ddof=1) + 1e-8)).reshape(view_shape(w.shape)))
+            layers.append(((w - w.mean()) / (w.std(ddof=1) + 1e-8)).reshape(g.view))
         c = np.stack(layers)
         energy += np.sum(c ** 2)
         lengths = c.shape
@@ -69,16 +68,30 @@ def test_groups_come_from_structure_and_values():
     assert head.fixed == (True, False)   # the class axis is never resized, so never penalized
 
 
+@pytest.mark.parametrize("conv_view", ["separable", "flat"])
+def test_conv_groups_take_the_dct_pass_view(conv_view):
+    """Before: a residual CNN; After: its 3x3 convs' depth group is viewed [out, in, 9] like
+    frontc's default match view (or [out*in, 9] with the published flat view)."""
+    reg = regularizer(randomize(CNN(width=8, depth=3), 2), conv_view=conv_view)
+    convs = [g for g in reg.groups if len(g.params[0].shape) == 4 and g.layers == 3]
+    assert convs
+    for g in convs:
+        assert g.view == ((8, 8, 9) if conv_view == "separable" else (64, 9)), g.names
+    stem = next(g for g in reg.groups if g.names == ["stem.weight"])   # [8, 3, 3, 3]
+    assert stem.view == ((8, 3, 9) if conv_view == "separable" else (24, 9))
+
+
 @pytest.mark.parametrize("decay", [(0.0, 0.0, 0.0), DECAY])
-@pytest.mark.parametrize("kind", ["vit", "cnn"])
+@pytest.mark.parametrize("kind", ["vit", "cnn", "cnn-flat"])
 def test_penalty_equals_numpy_high_frequency_energy(kind, decay):
     model = tiny_vit() if kind == "vit" else randomize(CNN(width=8, depth=3), 2)
-    reg = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay)
+    view = {"conv_view": "flat"} if kind == "cnn-flat" else {}
+    reg = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay, **view)
     expected = numpy_penalty(reg, 0.6, 0.7, decay)
     assert reg().item() == pytest.approx(expected, rel=1e-5)
-    fft = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay, max_matrix=8)
+    fft = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay, max_matrix=8, **view)
     assert fft.uses_fft() and fft().item() == pytest.approx(expected, rel=1e-5)
-    normalized = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay, normalize=True)
+    normalized = regularizer(model, keep=0.6, depth_keep_ratio=0.7, decay=decay, normalize=True, **view)
     assert normalized().item() == pytest.approx(numpy_penalty(reg, 0.6, 0.7, decay, True), rel=1e-5)
 
 
@@ -92,7 +105,7 @@ def test_hard_mask_equals_what_frontcs_dct_pass_drops(exported, tmp_path):
     for mapping in state.plan.mappings:
         if any(mapping.sources[0].fixed):
             continue
-        gene = extract(mapping.sources, "ortho", 0.5)
+        gene = extract(mapping.sources, "ortho", 0.5, view=mapping.source_view)
         expected += gene.energy - np.sum(gene.coeffs[:max(1, int(gene.layers * 0.5))] ** 2)
         layer_counts.append(gene.layers)
     rows = [r for r in regularizer(model).report() if not any(r["fixed"])]
@@ -134,7 +147,7 @@ def test_torch_export_and_onnx_runtime(tmp_path):
 
 def test_onnx_export_of_the_fft_path_with_dynamo(tmp_path):
     model = randomize(CNN(width=8, depth=2), 4)
-    reg = regularizer(model, keep=0.5, decay=DECAY, max_matrix=16)   # conv view axis 64: FFT
+    reg = regularizer(model, keep=0.5, decay=DECAY, max_matrix=8)   # conv kernel axis 9: FFT
     assert reg.uses_fft()
     reg.export_onnx(tmp_path / "penalty.onnx", weights_as_inputs=False)  # dynamo, initializers
     assert float(run_onnx(tmp_path / "penalty.onnx")) == pytest.approx(reg().item(), rel=1e-5)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import math
 import time
 import warnings
@@ -38,7 +39,9 @@ class Method:
     name: str
     label: str                       # for tables and legends
     options: dict = field(default_factory=dict)   # frontc.transfer keyword arguments
-    deeper_only: bool = False        # only differs from another method when the target is deeper
+    # a Target attribute that must be true for the method to run there, where it differs from
+    # another method: "deeper" (depth modes), "head_view" (head-aware attention)
+    when: str = ""
     # (the study's source ONNX, the work folder) -> the ONNX to transfer from instead, e.g. a
     # FRONT+-refined copy made once per work folder; None: the study's source as it is
     source: Callable[[Path, Path], Path] | None = field(default=None, compare=False, repr=False)
@@ -67,39 +70,53 @@ class Method:
         return "frontc transfer " + " ".join(flags) + " SRC TGT -o OUT"
 
 
+# The published method: reference scaling, conv weights flattened to [out*in, kernel].
+PUBLISHED = {"convention": "reference", "conv_view": "flat"}
+
 BASE_METHODS = [
     Method("random", "random init"),
     Method("select", "weight selection", {"pipeline": SELECT_PIPELINE}),
-    Method("front-ref", "FRONT reference", {"convention": "reference"}),
-    Method("front-ortho", "FRONT ortho", {"convention": "ortho"}),
-    Method("front-ref-r0.5", "FRONT reference, keep 0.5", {"convention": "reference", "keep_ratio": 0.5}),
+    Method("front-ref", "FRONT reference (published)", PUBLISHED),
+    Method("front-ortho", "FRONT ortho (frontc's defaults)", {"convention": "ortho"}),
+    Method("front-ref-r0.5", "FRONT reference, keep 0.5", {**PUBLISHED, "keep_ratio": 0.5}),
     Method("front-ref-repeat", "FRONT reference, depth repeat",
-           {"convention": "reference", "depth_mode": "repeat"}, deeper_only=True),
+           {**PUBLISHED, "depth_mode": "repeat"}, when="deeper"),
 ]
 
-# The variants the match and resize passes offer, each where it changes something: separable
-# conv views in the CNN study, head-aware attention in the transformer studies, std-rescale
-# (which undoes the reference scaling's magnitude changes) where depth shrinks.
+# The variants the match and resize passes offer, each where it changes something: the flat
+# conv view (the default is separable) in the CNN study, head-aware attention where a target
+# keeps the source's head_dim, std-rescale (which undoes the reference scaling's magnitude
+# changes) in the ViT study.
 VARIANT_METHODS = [
-    Method("front-ortho-separable", "FRONT ortho, separable conv",
-           {"convention": "ortho", "conv_view": "separable"}, studies=("vision-cnn",)),
+    Method("front-ortho-flat", "FRONT ortho, flat conv view",
+           {"convention": "ortho", "conv_view": "flat"}, studies=("vision-cnn",)),
     Method("front-ortho-heads", "FRONT ortho, head-aware attention",
-           {"convention": "ortho", "heads": "aware"}, studies=("vision-vit", "language")),
+           {"convention": "ortho", "heads": "aware"}, studies=("vision-vit", "language"),
+           when="head_view"),
     Method("front-ref-stdrescale", "FRONT reference, std-rescale",
-           {"convention": "reference", "pipeline": "canonicalize,match,dct,resize{std_rescale=True},emit"},
+           {**PUBLISHED, "pipeline": "canonicalize,match,dct,resize{std_rescale=True},emit"},
            studies=("vision-vit",)),
 ]
 
 
-# Methods only one study can run (FRONT+ needs the source's own training task). run.py and
-# diagnose.py construct a study right before asking all_methods() for its method list, so each
-# study's constructor (studies.STUDIES) puts its own extra methods here, replacing the previous
-# study's.
-study_methods: list[Method] = []
+def all_methods(extra: list[Method] = ()) -> list[Method]:
+    """Every method, then `extra` (a study's own methods, e.g. FRONT+ which needs the source's
+    own training task)."""
+    return BASE_METHODS + VARIANT_METHODS + list(extra)
 
 
-def all_methods() -> list[Method]:
-    return BASE_METHODS + VARIANT_METHODS + study_methods
+def once(path: Path, make: Callable[[Path], None]) -> Path:
+    """`path`, made by make(partial_path) unless it exists: under a lock, so that parallel jobs
+    sharing a work folder make it once, and renamed into place whole."""
+    if path.is_file():
+        return path
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            partial = path.with_name(path.stem + ".partial" + path.suffix)
+            make(partial)
+            partial.replace(path)
+    return path
 
 
 # -- initialization through frontc -------------------------------------------------------------

@@ -31,8 +31,7 @@ import frontc
 from benchmarks.convergence import common
 from benchmarks.convergence.studies import STUDIES
 from frontc.passes.canonicalize import view_model
-from frontc.passes.dct import view_fixed
-from frontc.plan import view_shape
+from frontc.plan import view_shape, whole_view
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,14 +73,14 @@ def diagnose(study_name: str, work: Path) -> list[str]:
     study = STUDIES[study_name]()
     source = study.source_onnx(work)
     lines = []
-    methods = [m for m in common.all_methods() if m.transfers]
+    methods = [m for m in common.all_methods(study.methods) if m.transfers]
     for target in study.targets:
         model = target.build(0)
         tpath = common.export_legacy(model, (study.example,), work / f"{target.name}.onnx",
                                      [study.input_name], ["out"], keep_batchnorm=study.keep_batchnorm)
         states, outs = {}, {}
         for m in methods:
-            if m.deeper_only and not target.deeper:
+            if m.when and not getattr(target, m.when):
                 continue
             opts = dict(m.options)
             pipeline = opts.pop("pipeline", None)
@@ -102,7 +101,7 @@ def diagnose(study_name: str, work: Path) -> list[str]:
                 if "energy_kept" not in row or t.name not in outs["select"]:
                     continue
                 sv, tv = view_shape(mp.sources[0].shape), view_shape(t.shape)
-                white = np.prod([min(a, b) / a for a, b, f in zip(sv, tv, view_fixed(mp.sources[0]))
+                white = np.prod([min(a, b) / a for a, b, f in zip(sv, tv, whole_view(mp.sources[0]).fixed)
                                  if not f]) if len(sv) == len(tv) else float("nan")
                 white *= min(len(mp.sources), len(mp.targets)) / len(mp.sources)
                 stats[kind(outs["select"][t.name])][("energy", "kept")].append(row["energy_kept"])

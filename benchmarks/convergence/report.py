@@ -210,7 +210,7 @@ def write(results: dict, out: Path) -> list[Path]:
     md.append("")
     paths = []
     for study in results["studies"]:
-        if study.get("error"):
+        if study.get("error") and not study["targets"]:
             md += [f"## {study['name']}: failed", "", f"`{study['error']}`", ""]
             continue
         failed = [f"{t['name']} {r['method']} seed {r['seed']}: {r['error']}"
@@ -223,8 +223,10 @@ def write(results: dict, out: Path) -> list[Path]:
                f"- Source: {study['source']}", f"- Task: {study['task']}",
                f"- Training: {cfg['steps']} steps, batch {cfg['batch']}, lr {cfg['lr']}, weight decay "
                f"{cfg['weight_decay']}; seeds {study['seeds']}; evaluated at steps {cfg['eval_at']}; "
-               f"study wall time {study['elapsed_s'] / 60:.1f} min"]
+               f"study time {study['elapsed_s'] / 60:.1f} min (its targets' jobs added up)"]
         md += [f"- {n}" for n in study["notes"]]
+        if study.get("error"):
+            md.append(f"- **Failed target** (left out): {study['error']}")
         md += [f"- **Failed run** (left out of the tables): {f}" for f in failed]
         md += ["", "| target | parameters | training FLOPs per step |", "|---|---|---|"]
         md += [f"| {t['name']}: {t['label']} | {t['params']:,} | {_flops(t['flops_per_step'])} |"

@@ -28,10 +28,12 @@ QUICK_METHODS = ("random", "select", "front-ref", "front-ortho")
 
 def methods_for(study: Study, target: Target, quick: bool, only: set[str] | None) -> list[common.Method]:
     chosen = []
-    for m in common.all_methods():
+    for m in common.all_methods(study.methods):
         if m.studies and study.name not in m.studies:
             continue
-        if m.deeper_only and not target.deeper:
+        if m.when and not getattr(target, m.when):
+            continue
+        if target.methods and m.name not in target.methods:
             continue
         if quick and m.name not in QUICK_METHODS:
             continue
@@ -45,52 +47,64 @@ def own_state(model: torch.nn.Module, prefixes: tuple[str, ...]) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
 
 
+def study_header(study: Study, seeds: list[int]) -> dict:
+    return {"name": study.name, "title": study.title, "source": study.source, "task": study.task,
+            "notes": study.notes, "config": common.config_dict(study.cfg), "seeds": seeds,
+            "targets": []}
+
+
+def run_target(study: Study, target: Target, seeds: list[int], quick: bool, only: set[str] | None,
+               work: Path, log, data=None) -> dict:
+    """Every method and seed on one target: its entry of the results (runs in seed, method order)."""
+    t0 = time.perf_counter()
+    data = data or study.data()
+    source = study.source_onnx(work)
+    before_eval = study.before_eval(data) if study.before_eval else None
+    probe = target.build(0)
+    x, y = data[0][:study.cfg.batch], data[1][:study.cfg.batch]
+    entry = {"name": target.name, "label": target.label, "deeper": target.deeper,
+             "params": common.n_params(probe), "flops_per_step": common.flops_per_step(probe, x, y),
+             "methods": [], "runs": []}
+    del probe
+    methods = methods_for(study, target, quick, only)
+    entry["methods"] = [{"name": m.name, "label": m.label, "options": m.options, "cli": m.cli()}
+                        for m in methods]
+    for seed in seeds:
+        target_onnx = None
+        for method in methods:
+            for attempt in range(2):
+                try:
+                    run, target_onnx = _one_run(study, target, method, seed, data, source,
+                                                target_onnx, work, before_eval)
+                    break
+                except Exception as err:  # noqa: BLE001 - one run must not sink the study
+                    log(f"[{study.name}] {target.name} {method.name} seed {seed} FAILED "
+                        f"(attempt {attempt + 1}): {type(err).__name__}: {err}\n"
+                        + traceback.format_exc())
+                    run = {"method": method.name, "seed": seed,
+                           "error": f"{type(err).__name__}: {err}"}
+                    target_onnx = None
+                    time.sleep(5)
+            entry["runs"].append(run)
+            if "error" not in run:
+                log(f"[{study.name}] {target.name} {method.name:22s} seed {seed}: acc "
+                    f"{' '.join(f'{a:.3f}' for a in run['test_acc'])} (init {run['init_s']:.1f}s, "
+                    f"train {run['train_s']:.1f}s, total {run['total_s']:.1f}s)")
+            (work / f"{study.name}.{target.name}.partial.json").write_text(json.dumps(entry, indent=1))
+    entry["elapsed_s"] = round(time.perf_counter() - t0, 1)
+    log(f"[{study.name}] {target.name} done in {entry['elapsed_s']:.0f}s")
+    return entry
+
+
 def run_study(study: Study, seeds: list[int], quick: bool, only: set[str] | None, work: Path,
               log) -> dict:
-    t0 = time.perf_counter()
+    """Every target of `study`, one after the other, in this process."""
+    result = study_header(study, seeds)
     data = study.data()
-    source = study.source_onnx(work)
-    log(f"[{study.name}] data: {len(data[0])} train / {len(data[2])} test; source {source}")
-    before_eval = study.before_eval(data) if study.before_eval else None
-    result = {"name": study.name, "title": study.title, "source": study.source, "task": study.task,
-              "notes": study.notes, "config": common.config_dict(study.cfg), "seeds": seeds,
-              "targets": []}
+    log(f"[{study.name}] data: {len(data[0])} train / {len(data[2])} test")
     for target in study.targets:
-        probe = target.build(0)
-        x, y = data[0][:study.cfg.batch], data[1][:study.cfg.batch]
-        entry = {"name": target.name, "label": target.label, "deeper": target.deeper,
-                 "params": common.n_params(probe), "flops_per_step": common.flops_per_step(probe, x, y),
-                 "methods": [], "runs": []}
-        del probe
-        methods = methods_for(study, target, quick, only)
-        entry["methods"] = [{"name": m.name, "label": m.label, "options": m.options, "cli": m.cli()}
-                            for m in methods]
-        for seed in seeds:
-            target_onnx = None
-            for method in methods:
-                for attempt in range(2):
-                    try:
-                        run, target_onnx = _one_run(study, target, method, seed, data, source,
-                                                    target_onnx, work, before_eval)
-                        break
-                    except Exception as err:  # noqa: BLE001 - one run must not sink the study
-                        log(f"[{study.name}] {target.name} {method.name} seed {seed} FAILED "
-                            f"(attempt {attempt + 1}): {type(err).__name__}: {err}\n"
-                            + traceback.format_exc())
-                        run = {"method": method.name, "seed": seed,
-                               "error": f"{type(err).__name__}: {err}"}
-                        target_onnx = None
-                        time.sleep(5)
-                entry["runs"].append(run)
-                if "error" not in run:
-                    log(f"[{study.name}] {target.name} {method.name:22s} seed {seed}: acc "
-                        f"{' '.join(f'{a:.3f}' for a in run['test_acc'])} (init {run['init_s']:.1f}s, "
-                        f"train {run['train_s']:.1f}s, total {run['total_s']:.1f}s)")
-                (work / f"{study.name}.partial.json").write_text(json.dumps(result | {
-                    "targets": result["targets"] + [entry]}, indent=1))
-        result["targets"].append(entry)
-    result["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    log(f"[{study.name}] done in {result['elapsed_s']:.0f}s")
+        result["targets"].append(run_target(study, target, seeds, quick, only, work, log, data))
+    result["elapsed_s"] = round(sum(t["elapsed_s"] for t in result["targets"]), 1)
     return result
 
 
@@ -142,16 +156,26 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
 
-def _study_job(job) -> dict:
-    """One study, in this process or a worker (spawned: a fresh torch, `threads` threads)."""
-    name, seeds, quick, only, work, threads = job
+def _target_job(job) -> dict:
+    """One (study, target), in this process or a worker (spawned: a fresh torch, `threads` threads)."""
+    name, target_name, seeds, quick, only, work, threads = job
     torch.set_num_threads(threads)
     _import_frontc()
     try:
-        return run_study(STUDIES[name](quick=quick), seeds, quick, only, work, _log)
-    except Exception as err:  # noqa: BLE001 - the other studies still get written
-        _log(f"[{name}] FAILED: {type(err).__name__}: {err}\n{traceback.format_exc()}")
-        return {"name": name, "error": f"{type(err).__name__}: {err}", "targets": []}
+        study = STUDIES[name](quick=quick)
+        target = next(t for t in study.targets if t.name == target_name)
+        return run_target(study, target, seeds, quick, only, work, _log)
+    except Exception as err:  # noqa: BLE001 - the other targets still get written
+        _log(f"[{name}] {target_name} FAILED: {type(err).__name__}: {err}\n{traceback.format_exc()}")
+        return {"name": target_name, "error": f"{type(err).__name__}: {err}"}
+
+
+def _cost(study: Study, target_name: str, quick: bool, only: set[str] | None) -> float:
+    """A job's training FLOPs (per step x steps x methods): the order jobs start in."""
+    target = next(t for t in study.targets if t.name == target_name)
+    x = study.example.repeat(study.cfg.batch, *([1] * (study.example.dim() - 1)))
+    flops = common.flops_per_step(target.build(0), x, torch.zeros(len(x), dtype=torch.long))
+    return flops * study.cfg.steps * len(methods_for(study, target, quick, only))
 
 
 def _import_frontc() -> None:
@@ -189,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default 1: on a shared 2-core machine, 2 threads on "
                          "oversubscribed cores made training steps 10-20x slower)")
     ap.add_argument("--jobs", type=int, default=2,
-                    help="studies run side by side in this many processes (default 2, one per core)")
+                    help="targets run side by side in this many processes (default 2, one per core)")
     ap.add_argument("--work", type=Path, default=None, help="folder for the ONNX files (default: a temp dir)")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
@@ -216,16 +240,30 @@ def _run(args, ap, argv) -> int:
     with tempfile.TemporaryDirectory(prefix="frontc-convergence-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        jobs = [(name, seeds, args.quick, only, work, args.threads) for name in names]
-        if args.jobs > 1 and len(names) > 1:
+        studies = {name: STUDIES[name](quick=args.quick) for name in names}
+        jobs = [(name, t.name, seeds, args.quick, only, work, args.threads)
+                for name, study in studies.items() for t in study.targets]
+        # longest first, so that the last job to start is a short one
+        jobs.sort(key=lambda job: -_cost(studies[job[0]], job[1], args.quick, only))
+        if args.jobs > 1 and len(jobs) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(min(args.jobs, len(names)),
+            with ProcessPoolExecutor(min(args.jobs, len(jobs)),
                                      mp_context=multiprocessing.get_context("spawn")) as pool:
-                studies = list(pool.map(_study_job, jobs))
+                entries = dict(zip([job[:2] for job in jobs], pool.map(_target_job, jobs)))
         else:
-            studies = [_study_job(job) for job in jobs]
+            entries = {job[:2]: _target_job(job) for job in jobs}
+        results_of = []
+        for name, study in studies.items():
+            result = study_header(study, seeds)
+            result["targets"] = [entries[name, t.name] for t in study.targets]
+            failed = [t["error"] for t in result["targets"] if "error" in t]
+            if failed:
+                result["error"] = "; ".join(failed)
+                result["targets"] = [t for t in result["targets"] if "error" not in t]
+            result["elapsed_s"] = round(sum(t.get("elapsed_s", 0) for t in result["targets"]), 1)
+            results_of.append(result)
     import frontc
 
     results = {"command": command, "quick": args.quick, "elapsed_s": round(time.perf_counter() - t0, 1),
@@ -233,7 +271,7 @@ def _run(args, ap, argv) -> int:
                           f"{torch.get_num_threads()} torch thread(s), "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
                "frontc_version": frontc.__version__, "code": _code_version(),
-               "date": time.strftime("%Y-%m-%d %H:%M"), "studies": studies}
+               "date": time.strftime("%Y-%m-%d %H:%M"), "studies": results_of}
     paths = report.write(results, out)
     _log(f"wrote {', '.join(str(p) for p in paths)} in {results['elapsed_s']:.0f}s")
     return 0

