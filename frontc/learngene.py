@@ -451,7 +451,8 @@ class FileBlocks:
             return view.kept(self.gene.keep_ratio)
         return tuple(self.gene.by_name[stored.name][1].kept)
 
-    def block(self, weight, view):
+    def block(self, weight, view, window=None):
+        """The stored block (whole: the store cuts it to the window), or a constant's."""
         from frontc.passes.dct import Block, source_block
 
         stored = self._stored(weight)

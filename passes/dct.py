@@ -224,7 +224,10 @@ def nonfinite_as_missing(weight: Weight, values: np.ndarray, where: str) -> np.n
 
 def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Backend,
                  source: str | os.PathLike = "", allow_nonfinite: bool = False,
-                 view: View | None = None) -> Block:
+                 view: View | None = None, window: tuple[int, ...] | None = None) -> Block:
+    """One source tensor's width block: its kept corner, or only the part of it inside
+    `window` (what one target can use). Each DCT works line by line, so the window's
+    coefficients are the same bytes either way; computing fewer lines is only faster."""
     where = f"source {source}: " if source else "source "
     view = view or whole_view(weight)
     raw = None
@@ -233,7 +236,10 @@ def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Ba
         if allow_nonfinite:
             replaced = nonfinite_as_missing(weight, values, where)
             values, owned = replaced, owned or replaced is not values
-        block = width_block(values, view.shape, view.fixed, view.kept(keep_ratio), convention,
+        keep = view.kept(keep_ratio)
+        if window is not None:
+            keep = tuple(min(k, w) for k, w in zip(keep, window))
+        block = width_block(values, view.shape, view.fixed, keep, convention,
                             is_log(weight), backend, weight.name, owned,
                             stored_transposed(weight, view))
         block.raw, raw = raw, None
@@ -277,9 +283,9 @@ class DirectBlocks:
         self.convention, self.keep_ratio, self.backend = convention, keep_ratio, backend
         self.source, self.allow_nonfinite = source, allow_nonfinite
 
-    def block(self, weight: Weight, view: View) -> Block:
+    def block(self, weight: Weight, view: View, window: tuple[int, ...] | None = None) -> Block:
         return source_block(weight, self.convention, self.keep_ratio, self.backend, self.source,
-                            self.allow_nonfinite, view)
+                            self.allow_nonfinite, view, window)
 
     def missing(self, weight: Weight, view: View) -> str | None:
         return None
@@ -327,12 +333,19 @@ class GeneStore(MappingABC):
     def __len__(self) -> int:
         return len(self.by_key)
 
+    def window(self, mapping: Mapping) -> tuple[int, ...]:
+        """Rule 1 of resize: the part of each source block the mapping's target can hold."""
+        source_view, target_view = mapping.views
+        kept = self.blocks.kept(mapping.sources[0], source_view)
+        return tuple(min(k, n) for k, n in zip(kept, target_view.shape))
+
     def stream(self, mappings: list[Mapping]) -> Iterator[Block]:
-        """The blocks of every source layer of `mappings`, in order, computed ahead on the
-        backend's threads (at most that many beyond the one being consumed), so the next group's
-        blocks are under way while the current group is resized."""
+        """The blocks of every source layer of `mappings` cut to their target's window, in
+        order, computed ahead on the backend's threads (at most that many beyond the one being
+        consumed), so the next group's blocks are under way while the current group is resized."""
         return in_order(lambda item: self.blocks.block(*item),
-                        [(w, m.views[0]) for m in mappings for w in m.sources], self.backend.threads)
+                        [(w, m.views[0], self.window(m)) for m in mappings for w in m.sources],
+                        self.backend.threads)
 
     def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
               blocks: Iterator[Block] | None = None, view: View | None = None) -> Gene:

@@ -273,9 +273,9 @@ class Match(Pass):
     heads: str = field(default="whole", metadata={"quiet": True, "choices": HEADS, "help": (
         "attention projections: 'whole' matrices (published) or head-'aware' (keep head_dim, "
         "resize the head count, q/k/v apart)")})
-    # separable by default since the convergence study (docs/results.md); not quiet, so that
-    # every recorded pipeline says which view it used (before, a plain "match" meant flat)
-    conv_view: str = field(default="separable", metadata={"choices": CONV_VIEWS, "help": (
+    # separable by default since the convergence study (docs/results.md); frontc 0.1.0
+    # outputs written before that recorded a plain "match" for the flat view
+    conv_view: str = field(default="separable", metadata={"quiet": True, "choices": CONV_VIEWS, "help": (
         "conv weights: 'separable' [out, in, kernel] (a DCT over output and input channels "
         "each; default) or the published 'flat' [out*in, kernel]")})
 

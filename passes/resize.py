@@ -159,10 +159,8 @@ class Resize(Pass):
         for mapping in state.plan.mappings:
             source_view, target_view = mapping.views
             view = target_view.shape
-            kept = store.blocks.kept(mapping.sources[0], source_view)
-            window = tuple(min(k, n) for k, n in zip(kept, view))
             depth = min(len(mapping.targets), len(mapping.sources))
-            gene = store.group(mapping.sources, window, depth, blocks, source_view)
+            gene = store.group(mapping.sources, store.window(mapping), depth, blocks, source_view)
             rng = np.random.default_rng([self.seed, zlib.crc32(mapping.key.encode())])
             energy = kept_energy(gene, len(mapping.targets), view, backend)
             transposed = len(view) == 2 and all(transposed_store(w) for w in mapping.targets)

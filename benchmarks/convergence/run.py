@@ -237,6 +237,7 @@ def _run(args, ap, argv) -> int:
     command = "python -m benchmarks.convergence" + (" " + shlex.join(argv) if argv else "")
 
     t0 = time.perf_counter()
+    code = _code_version()          # now: the tree may change while the study runs
     with tempfile.TemporaryDirectory(prefix="frontc-convergence-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -270,7 +271,7 @@ def _run(args, ap, argv) -> int:
                "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), {args.jobs} processes x "
                           f"{torch.get_num_threads()} torch thread(s), "
                           f"Python {platform.python_version()}, torch {torch.__version__}",
-               "frontc_version": frontc.__version__, "code": _code_version(),
+               "frontc_version": frontc.__version__, "code": code,
                "date": time.strftime("%Y-%m-%d %H:%M"), "studies": results_of}
     paths = report.write(results, out)
     _log(f"wrote {', '.join(str(p) for p in paths)} in {results['elapsed_s']:.0f}s")
