@@ -81,6 +81,8 @@ BASE_METHODS = [
     Method("front-ref-r0.5", "FRONT reference, keep 0.5", {**PUBLISHED, "keep_ratio": 0.5}),
     Method("front-ref-repeat", "FRONT reference, depth repeat",
            {**PUBLISHED, "depth_mode": "repeat"}, when="deeper"),
+    Method("front-ref-random", "FRONT reference, depth random",
+           {**PUBLISHED, "depth_mode": "random"}, when="deeper"),
 ]
 
 # The variants the match and resize passes offer, each where it changes something: the flat
