@@ -120,6 +120,12 @@ class Backend:
     def use_matrix(self, n: int) -> bool:
         return n <= MATRIX_MAX[self.name]
 
+    def line_independent(self, n: int) -> bool:
+        """Whether `forward` along an axis of length n gives every line the same bytes however
+        many other lines it transforms (pocketfft: yes; a GEMM's rounding can change with its
+        shape, and cuFFT's plans with the batch size, so a learngene could then differ)."""
+        return self.name == "cpu" and not self.use_matrix(n)
+
     # -- DCT primitives ----------------------------------------------------------------------
     def _along(self, m, x, axis: int, out=None):
         """Apply matrix m [out, in] along `axis` of x (axis 0: into `out` when given, an

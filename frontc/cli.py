@@ -199,8 +199,12 @@ def transfer(source, target, output, pipeline, convention, keep_ratio, depth_mod
     Example:
       frontc transfer models/vit_source.onnx models/vit_narrow.onnx -o vit_narrow_init.onnx
       frontc transfer big.onnx small.onnx -o out.onnx --convention ortho --keep-ratio 0.5
-      frontc transfer big.onnx small.onnx -o out.onnx --heads aware --conv-view separable
+      frontc transfer big.onnx small.onnx -o out.onnx --heads aware
+      frontc transfer big.onnx small.onnx -o out.onnx --convention reference --conv-view flat
       frontc transfer big.gene small.onnx -o out.onnx
+
+    The last-but-one is the published method exactly; the defaults (ortho, separable conv
+    view) were chosen from the convergence benchmark (docs/results.md).
     """
     from frontc.errors import InputError, PipelineError
     from frontc.pipeline import parse

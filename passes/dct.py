@@ -226,8 +226,9 @@ def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Ba
                  source: str | os.PathLike = "", allow_nonfinite: bool = False,
                  view: View | None = None, window: tuple[int, ...] | None = None) -> Block:
     """One source tensor's width block: its kept corner, or only the part of it inside
-    `window` (what one target can use). Each DCT works line by line, so the window's
-    coefficients are the same bytes either way; computing fewer lines is only faster."""
+    `window` (what one target can use) where every transformed axis is line-independent
+    (the CPU's FFT form): the window's coefficients are then the same bytes either way, so a
+    learngene, whose blocks are cut to the window after, gives the same transfer."""
     where = f"source {source}: " if source else "source "
     view = view or whole_view(weight)
     raw = None
@@ -237,7 +238,8 @@ def source_block(weight: Weight, convention: str, keep_ratio: float, backend: Ba
             replaced = nonfinite_as_missing(weight, values, where)
             values, owned = replaced, owned or replaced is not values
         keep = view.kept(keep_ratio)
-        if window is not None:
+        if window is not None and all(backend.line_independent(n)
+                                      for n, f in zip(view.shape, view.fixed) if not f):
             keep = tuple(min(k, w) for k, w in zip(keep, window))
         block = width_block(values, view.shape, view.fixed, keep, convention,
                             is_log(weight), backend, weight.name, owned,
