@@ -1,6 +1,6 @@
 """Run the convergence study and write the tables, plots and numbers.
 
-    python -m benchmarks.convergence            # the full study (~30-45 min on 2 cores):
+    python -m benchmarks.convergence            # the full study (~18 min on 2 idle cores):
                                                 # docs/results.md, docs/results/*.png, *.json
     python -m benchmarks.convergence --quick    # a few minutes, into /tmp/frontc-convergence-quick
     python -m benchmarks.convergence --studies vision-vit --seeds 1 --out /tmp/x
