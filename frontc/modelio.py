@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -503,21 +504,38 @@ _SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "S
 
 
 class _Deferred:
-    """Hold SIGINT/SIGTERM/SIGHUP back while files are renamed or removed, so that an interrupt
-    lands before or after, never in between (only possible in the main thread, on POSIX)."""
+    """Hold SIGINT/SIGTERM/SIGHUP back while files are created, renamed or removed, so that an
+    interrupt lands before or after, never in between. Python runs signal handlers in the main
+    thread whichever thread the OS delivered the signal to (masking the main thread alone lets
+    a worker thread take it), so the handlers themselves are swapped for one that records the
+    signal; the first recorded one is raised again, to the restored handler, when the block
+    ends. Only in the main thread (elsewhere signal handlers cannot be set)."""
 
     def __enter__(self):
-        self.old = None
-        if hasattr(signal, "pthread_sigmask"):
-            try:
-                self.old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            except (OSError, ValueError):
-                self.old = None
+        self.pending: list[int] = []
+        self.old: dict = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            for signum in _SIGNALS:
+                self.old[signum] = signal.signal(signum, self._record)
+        except BaseException:   # an interrupt while swapping: put back what was swapped
+            self._restore()
+            raise
         return self
 
+    def _record(self, signum, frame) -> None:
+        self.pending.append(signum)
+
+    def _restore(self) -> None:
+        for signum, handler in self.old.items():   # None: a handler set outside Python
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self.old = {}
+
     def __exit__(self, *exc) -> None:
-        if self.old is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        self._restore()
+        if self.pending:
+            signal.raise_signal(self.pending[0])
 
 
 class AtomicOutput:
