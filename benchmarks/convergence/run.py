@@ -2,7 +2,7 @@
 
     python -m benchmarks.convergence            # the full study (~18 min on 2 idle cores):
                                                 # docs/results.md, docs/results/*.png, *.json
-    python -m benchmarks.convergence --quick    # a few minutes, into /tmp/frontc-convergence-quick
+    python -m benchmarks.convergence --quick    # under a minute, into /tmp/frontc-convergence-quick
     python -m benchmarks.convergence --studies vision-vit --seeds 1 --out /tmp/x
 """
 from __future__ import annotations
