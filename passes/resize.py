@@ -30,6 +30,7 @@ import onnx_ir as ir
 from frontc import dct
 from frontc.backend import Backend, cpu
 from frontc.errors import PipelineError
+from frontc.passes.dct import stored_transposed
 from frontc.pipeline import Pass, State
 from frontc.plan import Gene
 from frontc.weights import Weight
@@ -122,11 +123,6 @@ def rebuild(gene: Gene, layers_: int, view: tuple[int, ...], mode: str, rng: np.
     return np.stack([be.to_host(y) for y in layers(gene, layers_, view, mode, rng, be)])
 
 
-def transposed_store(weight: Weight) -> bool:
-    """A 2-D weight stored transposed ([in, out], MatMul): rebuilt directly in that layout."""
-    return len(weight.shape) == 2 and tuple(weight.perm) == (1, 0) and min(weight.shape) > 1
-
-
 def stored_tensor(weight: Weight, values: np.ndarray, transposed: bool = False) -> ir.Tensor:
     """The tensor to write: canonical `values` (or, with `transposed`, already in the stored
     [in, out] layout) in the weight's stored layout and the target's dtype."""
@@ -163,7 +159,7 @@ class Resize(Pass):
             gene = store.group(mapping.sources, store.window(mapping), depth, blocks, source_view)
             rng = np.random.default_rng([self.seed, zlib.crc32(mapping.key.encode())])
             energy = kept_energy(gene, len(mapping.targets), view, backend)
-            transposed = len(view) == 2 and all(transposed_store(w) for w in mapping.targets)
+            transposed = all(stored_transposed(w, target_view) for w in mapping.targets)
             values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
                             transposed, self.std_rescale)
             for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
