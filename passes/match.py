@@ -273,8 +273,8 @@ class Match(Pass):
     heads: str = field(default="whole", metadata={"quiet": True, "choices": HEADS, "help": (
         "attention projections: 'whole' matrices (published) or head-'aware' (keep head_dim, "
         "resize the head count, q/k/v apart)")})
-    # separable by default since the convergence study (docs/results.md); frontc 0.1.0
-    # outputs written before that recorded a plain "match" for the flat view
+    # separable by default since frontc 0.2.0 (chosen from docs/results.md); a recorded
+    # pipeline with a plain "match" meant the flat view in 0.1.0 outputs (CHANGELOG.md)
     conv_view: str = field(default="separable", metadata={"quiet": True, "choices": CONV_VIEWS, "help": (
         "conv weights: 'separable' [out, in, kernel] (a DCT over output and input channels "
         "each; default) or the published 'flat' [out*in, kernel]")})

@@ -5,6 +5,7 @@ import shutil
 import onnx
 import pytest
 
+import frontc
 from helpers import digest, frontc_cli
 
 
@@ -23,7 +24,7 @@ def test_transfer_writes_output_report_and_provenance(vit_pair, tmp_path):
     assert "32/32 target tensors" in result.stdout
     assert (digest(source), digest(target)) == hashes            # inputs untouched
     meta = {p.key: p.value for p in onnx.load(out).metadata_props}
-    assert meta["frontc.version"] == "0.1.0"
+    assert meta["frontc.version"] == frontc.__version__
     assert meta["frontc.source_sha256"] == hashes[0]
     assert "dct{convention=ortho,keep_ratio=0.5}" in meta["frontc.pipeline"]
     data = json.loads(report.read_text())
