@@ -28,7 +28,7 @@ and the block indicator I_a, w = prod_a e_a - prod_a I_a, which telescopes over 
 a sum of energies of partial DCTs (D orthonormal). An axis with gamma = 0 after j drops out
 (Parseval), so the hard mask only transforms each axis once on an ever smaller prefix; the axis
 order with the fewest multiply-adds is chosen per group. Axes up to `max_matrix` long use cached
-DCT matrices (matmuls; exports with any ONNX exporter); longer ones (a conv's out*in axis) use
+DCT matrices (matmuls; exports with any ONNX exporter); longer ones (a flat conv view's out*in axis) use
 one FFT (Makhoul's algorithm; torch.onnx.export needs dynamo=True for those).
 Standardization is one fused layer_norm; the per-layer 1/std factor is never applied to the
 whole tensor: it commutes with the view axes' DCTs, so it is folded into the layer axis's
@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from frontc.passes.match import CONV_VIEWS
 from frontc.spectral_groups import discover, from_lists
 
 EPS = 1e-8      # frontc's standardization epsilon
@@ -110,8 +111,8 @@ class SpectralRegularizer(nn.Module):
         for what, r in (("keep_ratio", keep_ratio), ("depth_keep_ratio", depth_keep_ratio)):
             if not 0.0 < r <= 1.0:
                 raise ValueError(f"{what} must be in (0, 1], got {r}")
-        if conv_view not in ("flat", "separable"):
-            raise ValueError(f"conv_view must be 'flat' or 'separable', got {conv_view!r}")
+        if conv_view not in CONV_VIEWS:
+            raise ValueError(f"conv_view must be one of {CONV_VIEWS}, got {conv_view!r}")
         if len(decay) != 3 or min(decay) < 0:
             raise ValueError(f"decay must be (gamma_layer, gamma_out, gamma_in) >= 0, got {decay}")
         if groups is not None:

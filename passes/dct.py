@@ -5,8 +5,9 @@ Rules, per source tensor W (each layer of a depth group separately), its *width 
    (accumulated in float64), What = (W - mu) / (sigma + 1e-8) in float32 (float64 for float64
    sources). BatchNorm variances are taken in the log domain first, so no resize can make
    them negative.
-2. View What as the mapping's view (frontc.plan.View): the published at-most-2-D view_shape,
-   or a head-aware or separable-conv view that the match pass chose.
+2. View What as the mapping's view (frontc.plan.View) that the match pass chose: the
+   published at-most-2-D view_shape, a separable-conv view (conv weights, by default) or a
+   head-aware one.
 3. DCT-II along each view axis, last axis first (`convention`: reference or ortho), keeping
    the low-frequency corner [:int(h*r), :int(w*r)] (r = keep_ratio). Fixed axes (vocabulary,
    class count) are never resized: they are kept whole and not transformed.
@@ -18,7 +19,9 @@ A source tensor holding NaN or Inf is refused (InputError naming the file, tenso
 unless `allow_nonfinite`: then those entries are missing values and take the mean of the
 tensor's finite values before rule 1 (a tensor with no finite value is refused anyway).
 Blocks come from the source model or from a learngene file (frontc.learngene): both run the
-same operations on the same float32 blocks, so they give byte-identical weights.
+same operations on the same float32 blocks, so they give byte-identical weights (a direct
+transfer computes only the window's lines of FFT-form blocks: the same bytes, see
+`source_block`).
 
 The pass itself computes nothing: it installs `State.genes`, which builds one group's gene on
 demand and keeps nothing, so only one depth group is in memory at a time.
@@ -345,9 +348,11 @@ class GeneStore(MappingABC):
         """The blocks of every source layer of `mappings` cut to their target's window, in
         order, computed ahead on the backend's threads (at most that many beyond the one being
         consumed), so the next group's blocks are under way while the current group is resized."""
-        return in_order(lambda item: self.blocks.block(*item),
-                        [(w, m.views[0], self.window(m)) for m in mappings for w in m.sources],
-                        self.backend.threads)
+        items = []
+        for m in mappings:                  # each mapping's view and window, once
+            view, window = m.views[0], self.window(m)
+            items += [(w, view, window) for w in m.sources]
+        return in_order(lambda item: self.blocks.block(*item), items, self.backend.threads)
 
     def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
               blocks: Iterator[Block] | None = None, view: View | None = None) -> Gene:

@@ -54,10 +54,10 @@ def study_header(study: Study, seeds: list[int]) -> dict:
 
 
 def run_target(study: Study, target: Target, seeds: list[int], quick: bool, only: set[str] | None,
-               work: Path, log, data=None) -> dict:
+               work: Path, log) -> dict:
     """Every method and seed on one target: its entry of the results (runs in seed, method order)."""
     t0 = time.perf_counter()
-    data = data or study.data()
+    data = study.data()
     source = study.source_onnx(work)
     before_eval = study.before_eval(data) if study.before_eval else None
     probe = target.build(0)
@@ -94,18 +94,6 @@ def run_target(study: Study, target: Target, seeds: list[int], quick: bool, only
     entry["elapsed_s"] = round(time.perf_counter() - t0, 1)
     log(f"[{study.name}] {target.name} done in {entry['elapsed_s']:.0f}s")
     return entry
-
-
-def run_study(study: Study, seeds: list[int], quick: bool, only: set[str] | None, work: Path,
-              log) -> dict:
-    """Every target of `study`, one after the other, in this process."""
-    result = study_header(study, seeds)
-    data = study.data()
-    log(f"[{study.name}] data: {len(data[0])} train / {len(data[2])} test")
-    for target in study.targets:
-        result["targets"].append(run_target(study, target, seeds, quick, only, work, log, data))
-    result["elapsed_s"] = round(sum(t["elapsed_s"] for t in result["targets"]), 1)
-    return result
 
 
 def _one_run(study: Study, target: Target, method: common.Method, seed: int, data, source: Path,
@@ -170,9 +158,8 @@ def _target_job(job) -> dict:
         return {"name": target_name, "error": f"{type(err).__name__}: {err}"}
 
 
-def _cost(study: Study, target_name: str, quick: bool, only: set[str] | None) -> float:
+def _cost(study: Study, target: Target, quick: bool, only: set[str] | None) -> float:
     """A job's training FLOPs (per step x steps x methods): the order jobs start in."""
-    target = next(t for t in study.targets if t.name == target_name)
     x = study.example.repeat(study.cfg.batch, *([1] * (study.example.dim() - 1)))
     flops = common.flops_per_step(target.build(0), x, torch.zeros(len(x), dtype=torch.long))
     return flops * study.cfg.steps * len(methods_for(study, target, quick, only))
@@ -242,10 +229,10 @@ def _run(args, ap, argv) -> int:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         studies = {name: STUDIES[name](quick=args.quick) for name in names}
-        jobs = [(name, t.name, seeds, args.quick, only, work, args.threads)
-                for name, study in studies.items() for t in study.targets]
         # longest first, so that the last job to start is a short one
-        jobs.sort(key=lambda job: -_cost(studies[job[0]], job[1], args.quick, only))
+        pairs = sorted(((name, t) for name, study in studies.items() for t in study.targets),
+                       key=lambda pair: -_cost(studies[pair[0]], pair[1], args.quick, only))
+        jobs = [(name, t.name, seeds, args.quick, only, work, args.threads) for name, t in pairs]
         if args.jobs > 1 and len(jobs) > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
