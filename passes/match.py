@@ -20,10 +20,11 @@ Rules:
 7. An overrides file (`overrides`) pins target tensors to named source tensors, or keeps them
    at their own init, after all of the above (docs/matching.md shows the format).
 8. No mapped tensor at all is an error: the models share no structure.
-9. Views (how the dct pass reshapes a tensor before its DCT): the published whole view by
-   default; `heads=aware` gives attention projections a head axis of their own (the q/k/v
-   group axis and head_dim fixed, the head count resized: frontc.heads finds them), and
-   `conv_view=separable` gives conv weights separate output and input channel axes. A pair
+9. Views (how the dct pass reshapes a tensor before its DCT): the published whole view, except
+   that conv weights get separate output and input channel axes (`conv_view=separable`, the
+   default; `flat` is the published [out*in, kernel]); `heads=aware` gives attention
+   projections a head axis of their own (the q/k/v group axis and head_dim fixed, the head
+   count resized: frontc.heads finds them). A pair
    whose special views disagree (different head_dim, groups, or only one side has them)
    falls back to the whole view on both sides.
 """
