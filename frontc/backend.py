@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -53,6 +54,30 @@ def _matrix(kind: str, n: int, k: int, convention: str, dtype: str) -> np.ndarra
     out = np.ascontiguousarray(out, dtype=dtype)
     out.setflags(write=False)
     return out
+
+
+@contextmanager
+def small_pages():
+    """NumPy's madvise(MADV_HUGEPAGE) on large arrays switched off while frontc computes.
+
+    Where the kernel's transparent-hugepage defrag setting is `madvise` (Debian's and Ubuntu's
+    default), a fault in such a region may compact or reclaim memory synchronously to find a
+    free 2 MiB page, and with the page cache full of a large model's bytes it does: on this
+    project's VM a first touch cost 2.4-2.9 s per GiB with the advice against 0.5 s without
+    (docs/performance.md; numpy/numpy#31590 describes the same stall). A user who sets
+    NUMPY_MADVISE_HUGEPAGE keeps their choice."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:                      # an older or newer NumPy without the switch
+        _set_madvise_hugepage = None
+    if _set_madvise_hugepage is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        yield
+        return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
 
 
 class Scratch:
@@ -176,9 +201,12 @@ class Backend:
         return c
 
     def inverse(self, c, axis: int, length: int, convention: str, workers: int | None = None,
-                out=None):
-        """The inverse DCT at `length` of the coefficients c along `axis` (missing ones are 0);
-        `out`: where the matrix form along axis 0 writes."""
+                out=None, overwrite: bool = False):
+        """The inverse DCT at `length` of the coefficients c along `axis` (missing ones are 0).
+        `out`: a C-contiguous array of the result's size that the result may be written to
+        (the matrix form along axis 0 writes there; the FFT form copies or zero-pads c into it
+        and transforms in place); with `overwrite`, c itself may be the output (FFT form, no
+        padding). Either way the same operations run, so the result has the same bytes."""
         k = c.shape[axis]
         if k > length:             # the inverse at length M uses the first M coefficients
             index = [slice(None)] * c.ndim
@@ -188,7 +216,17 @@ class Backend:
             return self._along(self.matrix("inverse", length, k, convention, c.dtype), c, axis,
                                out if axis == 0 else None)
         norm = "ortho" if convention == "ortho" else None
-        x = self.fft.idct(c, type=2, n=length, axis=axis, norm=norm, **self._fft_kwargs(workers))
+        if out is not None and (k < length or not overwrite):
+            shape = c.shape[:axis] + (length,) + c.shape[axis + 1:]
+            padded = out.reshape(shape)
+            index = [slice(None)] * c.ndim
+            index[axis] = slice(0, k)
+            padded[tuple(index)] = c
+            index[axis] = slice(k, None)
+            padded[tuple(index)] = 0
+            c, overwrite = padded, True
+        x = self.fft.idct(c, type=2, n=None if c.shape[axis] == length else length, axis=axis,
+                          norm=norm, overwrite_x=overwrite, **self._fft_kwargs(workers))
         if convention != "ortho":
             x *= x.dtype.type(2.0)
         return x

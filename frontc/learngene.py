@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 import frontc
 from frontc import modelio
-from frontc.backend import Backend, select
+from frontc.backend import Backend, select, small_pages
 from frontc.errors import InputError
 from frontc.plan import ModelView
 
@@ -237,7 +237,7 @@ def extract(source: str | os.PathLike, output: str | os.PathLike, convention: st
     modelio.refuse_overwriting_inputs(output, [source])
     backend = select(device)
     view = view_model(source, "source")
-    with modelio.AtomicOutput(output) as tmp:
+    with modelio.AtomicOutput(output) as tmp, small_pages():
         summary = write(tmp, view, convention, keep_ratio, backend, modelio.sha256(source), progress,
                         heads, conv_view)
     return {"source": str(source), "output": str(output), "convention": convention,

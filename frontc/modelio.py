@@ -598,4 +598,78 @@ def save(model: ir.Model, path: Path) -> None:
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
             value.const_value = ir.Tensor(value.const_value.numpy(), name=value.name)
-    ir.save(model, path)
+    if onnx.serialization.registry.get_format_from_file_extension(path.suffix) not in (None, "protobuf"):
+        ir.save(model, path)                 # a text format asked for by the file name
+        return
+    write_streamed(model, path)
+
+
+# Initializers from this size on are written one at a time after the rest of the model.
+STREAM_BYTES = 1 << 16
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(length)
+
+
+def _tensor_parts(name: str, tensor) -> list:
+    """The TensorProto encoding of `tensor` as a list of buffers. A plain in-memory tensor's
+    values are written straight from its array (raw_data last, after the header fields); any
+    other kind goes through onnx_ir's serializer."""
+    array = tensor.numpy() if type(tensor) is ir.Tensor else None
+    if array is not None and tensor.dtype.bitwidth >= 8 and array.flags.c_contiguous and \
+            array.dtype.itemsize * 8 == tensor.dtype.bitwidth and \
+            array.dtype.byteorder in "=<|" and np.little_endian:
+        header = onnx.TensorProto(name=name, data_type=tensor.dtype.value,
+                                  dims=[int(d) for d in tensor.shape])
+        if tensor.doc_string:
+            header.doc_string = tensor.doc_string
+        for key, text in tensor.metadata_props.items():
+            header.metadata_props.add(key=key, value=text)
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        return [header.SerializeToString(), _field(9, data.nbytes), data]
+    tensor.name = name                       # as onnx_ir's serializer does for initializers
+    return [ir.serde.serialize_tensor(tensor).SerializeToString()]
+
+
+def write_streamed(model: ir.Model, path: Path) -> None:
+    """Write `model` as one protobuf file without ever holding a serialized copy of it: the
+    model without its large initializers first, then each of them as a further `graph` field
+    holding one initializer (protobuf merges repeated occurrences of a message field, so
+    readers see one graph with every initializer; only the initializers' order differs).
+    ir.save builds the whole ModelProto and its serialized string, two copies of every weight
+    in fresh memory, which on a VM costs more than the copies themselves (docs/performance.md)."""
+    graph = model.graph
+    large = {v.name: v.const_value for v in graph.initializers.values()
+             if v.const_value is not None and v.const_value.nbytes >= STREAM_BYTES}
+    for name in large:                       # serialized as empty stand-ins, removed below
+        graph.initializers[name].const_value = ir.Tensor(np.zeros(0, np.uint8), name=name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in large.items():
+            graph.initializers[name].const_value = tensor
+    initializers = proto.graph.initializer
+    for i in reversed(range(len(initializers))):
+        if initializers[i].name in large:
+            del initializers[i]
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+        del proto
+        for name, tensor in large.items():
+            parts = _tensor_parts(name, tensor)
+            size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+            inner = _field(5, size)          # GraphProto.initializer
+            f.write(_field(7, len(inner) + size) + inner)   # ModelProto.graph
+            for part in parts:
+                f.write(part)

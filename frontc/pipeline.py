@@ -186,9 +186,12 @@ class Pipeline:
         """Run every pass in order; `after(pass, state)` is called after each (debugging)."""
         self.check(tuple(f for f in ("source", "target", "plan", "genes", "updates", "report")
                          if getattr(state, f)))
+        from frontc.backend import small_pages
+
         state.pipeline = state.pipeline or self.text()
-        for p in self.passes:
-            p.run(state)
-            if after is not None:
-                after(p, state)
+        with small_pages():
+            for p in self.passes:
+                p.run(state)
+                if after is not None:
+                    after(p, state)
         return state

@@ -347,12 +347,29 @@ class GeneStore(MappingABC):
     def stream(self, mappings: list[Mapping]) -> Iterator[Block]:
         """The blocks of every source layer of `mappings` cut to their target's window, in
         order, computed ahead on the backend's threads (at most that many beyond the one being
-        consumed), so the next group's blocks are under way while the current group is resized."""
-        items = []
+        consumed), so the next group's blocks are under way while the current group is resized.
+        The reused buffers are sized once, for the largest group: growing them group by group
+        would touch fresh pages again each time, and on a VM whose host takes freed memory back
+        a first touch is the most expensive thing a transfer does (docs/performance.md)."""
+        items, stack, depth = [], 0, 0
         for m in mappings:                  # each mapping's view and window, once
             view, window = m.views[0], self.window(m)
             items += [(w, view, window) for w in m.sources]
+            size = int(np.prod(window)) * np.dtype(compute_dtype(m.sources[0].dtype)).itemsize
+            stack = max(stack, max(len(m.sources), len(m.targets)) * size)
+            depth = max(depth, min(len(m.sources), len(m.targets)) * size)
+        if self.backend.scratch is not None:
+            self._buffer("stack", (stack,), np.uint8, True)
+            self._buffer("depth", (depth,), np.uint8, True)
         return in_order(lambda item: self.blocks.block(*item), items, self.backend.threads)
+
+    def idle(self, shape: tuple[int, ...], dtype, gene: Gene):
+        """The stack's buffer as an array of `shape`, for the depth inverse of `gene` (the stack
+        is idle once the layer DCT has run), or None where the stack holds the gene itself."""
+        if "stack" not in self._buffers:
+            return None
+        out = self._buffer("stack", shape, dtype, True)
+        return None if np.may_share_memory(out, gene.coeffs) else out
 
     def group(self, sources: list[Weight], window: tuple[int, ...], depth_keep: int,
               blocks: Iterator[Block] | None = None, view: View | None = None) -> Gene:

@@ -86,34 +86,72 @@ def kept_energy(gene: Gene, layers: int, view: tuple[int, ...], backend: Backend
 
 
 def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
-           backend: Backend, transposed: bool = False, std_rescale: bool = False) -> Iterator:
+           backend: Backend, transposed: bool = False, std_rescale: bool = False,
+           depth_out=None) -> Iterator:
     """Rules 2-4: yield each target layer's canonical values (at the target's view shape), or
-    with `transposed` (a 2-D view) their transpose, laid out in memory as a MatMul stores it."""
-    coeffs = fill_depth(gene.coeffs, count, mode, rng, backend)
-    if gene.layers > 1 or count > 1:
-        coeffs = backend.inverse(coeffs, 0, count, gene.convention)
-    fixed = gene.fixed or (False,) * len(view)
-    axes = list(range(len(view)))
-    if transposed:
-        axes, fixed, view = [1, 0], fixed[::-1], view[::-1]
-    for i in range(count):
-        y = coeffs[i].transpose(axes)
-        for axis in reversed(range(len(view))):
-            if not fixed[axis]:
-                y = backend.inverse(y, axis, view[axis], gene.convention)
-            elif y.shape[axis] != view[axis]:
-                raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
-        source = min(i, gene.layers - 1)
-        if std_rescale and not gene.log and y.size > 1:
-            spread = float(y.std(dtype=np.float64))
-            if spread > 0:                          # unit std about its own mean, then the source's
+    with `transposed` (a 2-D view) their transpose, laid out in memory as a MatMul stores it.
+
+    Each yielded array is the only fresh one per layer: the depth inverse (into `depth_out`,
+    an array of [count, *window] when given) and the width inverses run in reused buffers,
+    in place where the FFT allows, because first touches of fresh pages can cost more than
+    the DCTs (docs/performance.md)."""
+    xp, scratch, held = backend.xp, backend.scratch, []
+
+    def buffer(shape: tuple[int, ...], dtype):
+        if scratch is None:                      # CuPy keeps its own pool
+            return None
+        array, raw = scratch.array(shape, dtype)
+        held.append(raw)
+        return array
+
+    try:
+        coeffs = fill_depth(gene.coeffs, count, mode, rng, backend)
+        owned = False                            # may coeffs be overwritten?
+        if gene.layers > 1 or count > 1:
+            if depth_out is None:
+                depth_out = buffer((count,) + coeffs.shape[1:], coeffs.dtype)
+            coeffs = backend.inverse(coeffs, 0, count, gene.convention, out=depth_out)
+            owned = True
+        fixed = gene.fixed or (False,) * len(view)
+        axes = list(range(len(view)))
+        if transposed:
+            axes, fixed, view = [1, 0], fixed[::-1], view[::-1]
+        size = int(np.prod(view))
+        spare = [buffer((size,), coeffs.dtype), buffer((size,), coeffs.dtype)]
+        for i in range(count):
+            y, mine = coeffs[i].transpose(axes), owned
+            for axis in reversed(range(len(view))):
+                if not fixed[axis]:
+                    out = None
+                    if spare[0] is not None:
+                        shape = y.shape[:axis] + (view[axis],) + y.shape[axis + 1:]
+                        out = next(s for s in spare if not np.may_share_memory(s, y))
+                        out = out[:int(np.prod(shape))]
+                    y = backend.inverse(y, axis, view[axis], gene.convention, out=out,
+                                        overwrite=mine)
+                    mine = True
+                elif y.shape[axis] != view[axis]:
+                    raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
+            source = min(i, gene.layers - 1)
+            scale, shift = y.dtype.type(gene.std[source]), y.dtype.type(gene.mean[source])
+            final = xp.empty_like(y)                 # the layer's own array: handed to the caller
+            if std_rescale and not gene.log and y.size > 1 and float(y.std(dtype=np.float64)) > 0:
+                # unit std about its own mean, then the source's
+                spread = y.dtype.type(float(y.std(dtype=np.float64)))
                 mean = y.dtype.type(y.mean(dtype=np.float64))
-                y = (y - mean) / y.dtype.type(spread) + mean
-        y = y * y.dtype.type(gene.std[source])      # a new array: coeffs stay untouched
-        y += y.dtype.type(gene.mean[source])
-        if gene.log:
-            y = backend.xp.exp(y)
-        yield y
+                xp.subtract(y, mean, out=final)
+                final /= spread
+                final += mean
+                final *= scale
+            else:
+                xp.multiply(y, scale, out=final)
+            final += shift
+            if gene.log:
+                xp.exp(final, out=final)
+            yield final
+    finally:
+        for raw in held:
+            scratch.give(raw)
 
 
 def rebuild(gene: Gene, layers_: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
@@ -160,8 +198,10 @@ class Resize(Pass):
             rng = np.random.default_rng([self.seed, zlib.crc32(mapping.key.encode())])
             energy = kept_energy(gene, len(mapping.targets), view, backend)
             transposed = all(stored_transposed(w, target_view) for w in mapping.targets)
-            values = layers(gene, len(mapping.targets), view, self.depth_mode, rng, backend,
-                            transposed, self.std_rescale)
+            count = len(mapping.targets)
+            values = layers(gene, count, view, self.depth_mode, rng, backend, transposed,
+                            self.std_rescale, store.idle((count,) + gene.coeffs.shape[1:],
+                                                         gene.coeffs.dtype, gene))
             for layer, (weight, y) in enumerate(zip(mapping.targets, values)):
                 if weight.name in mapping.skip:
                     continue
