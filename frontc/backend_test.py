@@ -34,6 +34,44 @@ def test_forward_and_inverse_match_the_reference(monkeypatch, convention, shape,
             assert np.allclose(be.inverse(want, axis, length, convention), expected, atol=1e-10)
 
 
+@pytest.mark.parametrize("form", ["matrix", "fft"])
+def test_inverse_into_a_buffer_or_in_place_gives_the_same_bytes(monkeypatch, form):
+    """Before: inverse(c) allocates its result. After: with `out` (zero-padded or copied into)
+    or `overwrite` (in place) it reuses memory -- and every byte is the same."""
+    monkeypatch.setitem(B.MATRIX_MAX, "cpu", 10**6 if form == "matrix" else 0)
+    be = B.Backend()
+    c = np.random.default_rng(2).standard_normal((12, 40)).astype(np.float32)
+    for axis in (0, 1):
+        for length in (c.shape[axis], c.shape[axis] + 9, c.shape[axis] - 3):
+            want = be.inverse(c, axis, length, "reference")
+            out = np.full(want.size, np.nan, dtype=np.float32)
+            got = be.inverse(c, axis, length, "reference", out=out)
+            assert np.array_equal(got, want)
+            if form == "fft" or axis == 0:
+                assert np.shares_memory(got, out)      # the matrix form writes `out` along axis 0
+            mine = c.copy()
+            got = be.inverse(mine, axis, length, "reference", overwrite=True,
+                             out=np.empty(want.size, dtype=np.float32))
+            assert np.array_equal(got, want)
+    assert np.array_equal(c, np.random.default_rng(2).standard_normal((12, 40)).astype(np.float32))
+
+
+def test_small_pages_switches_numpys_hugepage_advice_off_and_back(monkeypatch):
+    from numpy._core.multiarray import _get_madvise_hugepage, _set_madvise_hugepage
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    before = _set_madvise_hugepage(True)
+    try:
+        with B.small_pages():
+            assert _get_madvise_hugepage() is False
+        assert _get_madvise_hugepage() is True
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")      # the user's explicit choice stays
+        with B.small_pages():
+            assert _get_madvise_hugepage() is True
+    finally:
+        _set_madvise_hugepage(before)
+
+
 def test_float32_stays_float32():
     be = B.cpu()
     x = np.random.default_rng(1).standard_normal((40, 300)).astype(np.float32)

@@ -61,3 +61,23 @@ def test_std_rescale_gives_each_layer_its_source_std():
     for i, (a, b) in enumerate(zip(plain, scaled)):
         assert abs(b.std() - g.std[i]) < 1e-9 * g.std[i] and abs(b.mean() - a.mean()) < 1e-9
     assert not all(abs(a.std() - g.std[i]) < 1e-6 for i, a in enumerate(plain))
+
+
+def test_layers_reuse_memory_without_touching_the_gene():
+    """Before: each layer's inverses allocated fresh arrays. After: they run in reused buffers,
+    in place -- the layers are the same bytes whether or not a depth buffer is handed in, and
+    the gene's coefficients are never overwritten (a single-layer gene is used as it is)."""
+    be = resize.cpu()
+    for layers_, count in ((4, 4), (4, 2), (1, 1), (1, 3)):
+        g = gene(layers=layers_, view=(300, 7))
+        g = Gene(g.coeffs.astype(np.float32), g.view, g.mean, g.std, g.energy, g.convention)
+        before = g.coeffs.copy()
+        for view in ((256, 9), (356, 5)):       # FFT axis cut or zero-padded, matrix axis too
+            rng = np.random.default_rng(0)
+            plain = [y.copy() for y in resize.layers(g, count, view, "zero", rng, be)]
+            out = np.empty((count, 300, 7), dtype=np.float32)
+            given = list(resize.layers(g, count, view, "zero", rng, be, depth_out=out))
+            assert len(plain) == count and all(np.array_equal(a, b) for a, b in zip(plain, given))
+            assert np.array_equal(g.coeffs, before)
+            assert not any(np.shares_memory(y, out) or np.shares_memory(y, z)
+                           for i, y in enumerate(given) for z in given[:i])
