@@ -8,19 +8,21 @@ from frontc import modelio
 
 
 def model_with(tensors: dict[str, np.ndarray]) -> ir.Model:
-    """Identity-free graph: y = x + sum of every tensor (each broadcast), initializers `tensors`."""
+    """y = x + the sum of each of `tensors` (its initializers), so every tensor reaches the output."""
     x = ir.Value(name="x", shape=ir.Shape([4]), type=ir.TensorType(ir.DataType.FLOAT))
     graph = ir.Graph([x], [], nodes=[], name="g", opset_imports={"": 18})
     last = x
     for name, array in tensors.items():
-        value = ir.Value(name=name, shape=ir.Shape(array.shape), const_value=ir.Tensor(array, name=name))
+        tensor = ir.Tensor(array, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
+                         const_value=tensor)
         graph.register_initializer(value)
         cast = ir.node("Cast", [value], attributes={"to": ir.DataType.FLOAT})
         total = ir.node("ReduceSum", [cast.outputs[0]], attributes={"keepdims": 0})
         add = ir.node("Add", [last, total.outputs[0]])
         graph.extend([cast, total, add])
         last = add.outputs[0]
-    last.name = "y"
+    last.name, last.type, last.shape = "y", ir.TensorType(ir.DataType.FLOAT), ir.Shape([4])
     graph.outputs.append(last)
     return ir.Model(graph, ir_version=10)
 
@@ -38,10 +40,11 @@ def test_streamed_file_holds_what_ir_save_writes(tmp_path):
                "small": np.arange(6, dtype=np.int64)}
     model = model_with(tensors)
     order = list(model.graph.initializers)
+    held = {k: v.const_value for k, v in model.graph.initializers.items()}
     modelio.save(model, tmp_path / "streamed.onnx")
     ir.save(model, tmp_path / "plain.onnx")
     assert list(model.graph.initializers) == order              # the model is left as it was
-    assert all(model.graph.initializers[k].const_value.numpy() is tensors[k] for k in tensors)
+    assert all(model.graph.initializers[k].const_value is held[k] for k in tensors)
     streamed, plain = onnx.load(tmp_path / "streamed.onnx"), onnx.load(tmp_path / "plain.onnx")
     onnx.checker.check_model(streamed, full_check=True)
     got = {t.name: t for t in streamed.graph.initializer}
