@@ -15,7 +15,7 @@ os.wait4), interleaved over `--repeat` rounds so that background load hits all a
             nothing else -- the I/O any transfer needs, as onnx_ir does it;
   floor, frontc writer  the same saved with frontc.modelio.save (inline models written tensor
             by tensor, no serialized copy): a stricter floor;
-  transfer  `frontc transfer SOURCE TARGET -o OUT --no-validate -q` (defaults: reference, r=1);
+  transfer  `frontc transfer SOURCE TARGET -o OUT --no-validate -q` (defaults: ortho, r=1);
   +validate the same with validation (onnx.checker and one onnxruntime run);
   r=0.5     `--keep-ratio 0.5`, then `frontc extract --keep-ratio 0.5` once and a transfer from
             the gene (same weights, byte for byte);
