@@ -85,6 +85,45 @@ def kept_energy(gene: Gene, layers: int, view: tuple[int, ...], backend: Backend
     return total / gene.energy
 
 
+def _widths(y, owned: bool, view: tuple[int, ...], fixed, convention: str, backend: Backend,
+            spare: list):
+    """Rule 3 for one layer: the inverse DCT along every unfixed axis at the view's lengths,
+    written into one of the two `spare` buffers (zero-padded or copied there) or in place
+    once the values are ours (`owned`)."""
+    for axis in reversed(range(len(view))):
+        if fixed[axis]:
+            if y.shape[axis] != view[axis]:
+                raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
+            continue
+        out = None
+        if spare[0] is not None:
+            size = int(np.prod(y.shape[:axis] + (view[axis],) + y.shape[axis + 1:]))
+            out = next(s for s in spare if not np.may_share_memory(s, y))[:size]
+        y = backend.inverse(y, axis, view[axis], convention, out=out, overwrite=owned)
+        owned = True
+    return y
+
+
+def _destandardized(y, mean: float, std: float, log: bool, std_rescale: bool, xp):
+    """Rule 4 for one layer, into a fresh array (the one the caller keeps): times the source
+    layer's std plus its mean (with `std_rescale`, first to unit std about its own mean), back
+    from the log domain for BatchNorm variances."""
+    out = xp.empty_like(y)
+    spread = float(y.std(dtype=np.float64)) if std_rescale and not log and y.size > 1 else 0.0
+    if spread > 0:
+        own = y.dtype.type(y.mean(dtype=np.float64))
+        xp.subtract(y, own, out=out)
+        out /= y.dtype.type(spread)
+        out += own
+        out *= y.dtype.type(std)
+    else:
+        xp.multiply(y, y.dtype.type(std), out=out)
+    out += y.dtype.type(mean)
+    if log:
+        xp.exp(out, out=out)
+    return out
+
+
 def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.random.Generator,
            backend: Backend, transposed: bool = False, std_rescale: bool = False,
            depth_out=None) -> Iterator:
@@ -94,8 +133,8 @@ def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.ran
     Each yielded array is the only fresh one per layer: the depth inverse (into `depth_out`,
     an array of [count, *window] when given) and the width inverses run in reused buffers,
     in place where the FFT allows, because first touches of fresh pages can cost more than
-    the DCTs (docs/performance.md)."""
-    xp, scratch, held = backend.xp, backend.scratch, []
+    the DCTs (docs/performance.md). The gene's coefficients are never overwritten."""
+    scratch, held = backend.scratch, []
 
     def buffer(shape: tuple[int, ...], dtype):
         if scratch is None:                      # CuPy keeps its own pool
@@ -105,50 +144,21 @@ def layers(gene: Gene, count: int, view: tuple[int, ...], mode: str, rng: np.ran
         return array
 
     try:
-        coeffs = fill_depth(gene.coeffs, count, mode, rng, backend)
-        owned = False                            # may coeffs be overwritten?
+        coeffs, owned = fill_depth(gene.coeffs, count, mode, rng, backend), False
         if gene.layers > 1 or count > 1:
             if depth_out is None:
                 depth_out = buffer((count,) + coeffs.shape[1:], coeffs.dtype)
-            coeffs = backend.inverse(coeffs, 0, count, gene.convention, out=depth_out)
-            owned = True
+            coeffs, owned = backend.inverse(coeffs, 0, count, gene.convention, out=depth_out), True
         fixed = gene.fixed or (False,) * len(view)
         axes = list(range(len(view)))
         if transposed:
             axes, fixed, view = [1, 0], fixed[::-1], view[::-1]
-        size = int(np.prod(view))
-        spare = [buffer((size,), coeffs.dtype), buffer((size,), coeffs.dtype)]
+        spare = [buffer((int(np.prod(view)),), coeffs.dtype) for _ in range(2)]
         for i in range(count):
-            y, mine = coeffs[i].transpose(axes), owned
-            for axis in reversed(range(len(view))):
-                if not fixed[axis]:
-                    out = None
-                    if spare[0] is not None:
-                        shape = y.shape[:axis] + (view[axis],) + y.shape[axis + 1:]
-                        out = next(s for s in spare if not np.may_share_memory(s, y))
-                        out = out[:int(np.prod(shape))]
-                    y = backend.inverse(y, axis, view[axis], gene.convention, out=out,
-                                        overwrite=mine)
-                    mine = True
-                elif y.shape[axis] != view[axis]:
-                    raise PipelineError(f"a fixed axis of size {y.shape[axis]} cannot become {view[axis]}")
+            y = _widths(coeffs[i].transpose(axes), owned, view, fixed, gene.convention, backend, spare)
             source = min(i, gene.layers - 1)
-            scale, shift = y.dtype.type(gene.std[source]), y.dtype.type(gene.mean[source])
-            final = xp.empty_like(y)                 # the layer's own array: handed to the caller
-            if std_rescale and not gene.log and y.size > 1 and float(y.std(dtype=np.float64)) > 0:
-                # unit std about its own mean, then the source's
-                spread = y.dtype.type(float(y.std(dtype=np.float64)))
-                mean = y.dtype.type(y.mean(dtype=np.float64))
-                xp.subtract(y, mean, out=final)
-                final /= spread
-                final += mean
-                final *= scale
-            else:
-                xp.multiply(y, scale, out=final)
-            final += shift
-            if gene.log:
-                xp.exp(final, out=final)
-            yield final
+            yield _destandardized(y, gene.mean[source], gene.std[source], gene.log, std_rescale,
+                                  backend.xp)
     finally:
         for raw in held:
             scratch.give(raw)
