@@ -30,6 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from frontc.errors import InputError
+from frontc.validate import field_header
 
 # The protobuf limit: a model file over 2 GB must keep its tensors in external data.
 PROTOBUF_LIMIT = 2**31 - 2**24
@@ -608,20 +609,6 @@ def save(model: ir.Model, path: Path) -> None:
 STREAM_BYTES = 1 << 16
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, length: int) -> bytes:
-    """The tag and length of a length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(length)
-
-
 def _tensor_parts(name: str, tensor) -> list:
     """The TensorProto encoding of `tensor` as a list of buffers. A plain in-memory tensor's
     values are written straight from its array (raw_data last, after the header fields); any
@@ -637,7 +624,7 @@ def _tensor_parts(name: str, tensor) -> list:
         for key, text in tensor.metadata_props.items():
             header.metadata_props.add(key=key, value=text)
         data = memoryview(array.reshape(-1).view(np.uint8))
-        return [header.SerializeToString(), _field(9, data.nbytes), data]
+        return [header.SerializeToString(), field_header(9, data.nbytes), data]
     tensor.name = name                       # as onnx_ir's serializer does for initializers
     return [ir.serde.serialize_tensor(tensor).SerializeToString()]
 
@@ -669,7 +656,7 @@ def write_streamed(model: ir.Model, path: Path) -> None:
         for name, tensor in large.items():
             parts = _tensor_parts(name, tensor)
             size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
-            inner = _field(5, size)          # GraphProto.initializer
-            f.write(_field(7, len(inner) + size) + inner)   # ModelProto.graph
+            inner = field_header(5, size)          # GraphProto.initializer
+            f.write(field_header(7, len(inner) + size) + inner)   # ModelProto.graph
             for part in parts:
                 f.write(part)

@@ -80,5 +80,7 @@ def test_loaded_tensors_and_text_formats(tmp_path):
 def test_varint(n):
     from google.protobuf.internal import decoder
 
-    value, end = decoder._DecodeVarint(modelio._varint(n), 0)
-    assert (value, end) == (n, len(modelio._varint(n)))
+    from frontc.validate import varint
+
+    value, end = decoder._DecodeVarint(varint(n), 0)
+    assert (value, end) == (n, len(varint(n)))

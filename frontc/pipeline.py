@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from frontc.backend import small_pages
 from frontc.errors import InputError
 from frontc.plan import Gene, ModelView, Plan
 
@@ -186,8 +187,6 @@ class Pipeline:
         """Run every pass in order; `after(pass, state)` is called after each (debugging)."""
         self.check(tuple(f for f in ("source", "target", "plan", "genes", "updates", "report")
                          if getattr(state, f)))
-        from frontc.backend import small_pages
-
         state.pipeline = state.pipeline or self.text()
         with small_pages():
             for p in self.passes:

@@ -161,7 +161,7 @@ def _open(path: Path):
 
 # -- onnx.checker without the weights' bytes ---------------------------------------------------
 
-def _varint(buf, pos: int) -> tuple[int, int]:
+def _read_varint(buf, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = buf[pos]
@@ -178,12 +178,12 @@ def _fields(buf, start: int, end: int):
     pos = start
     while pos < end:
         first = pos
-        key, pos = _varint(buf, pos)
+        key, pos = _read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, after = _varint(buf, pos)
+            _, after = _read_varint(buf, pos)
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = _read_varint(buf, pos)
             after = pos + length
         elif wire in (1, 5):
             after = pos + (8 if wire == 1 else 4)
@@ -195,14 +195,23 @@ def _fields(buf, start: int, end: int):
         raise ValueError("a field runs past its message")
 
 
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field_header(number: int, length: int) -> bytes:
+    """The tag and length of a length-delimited protobuf field (frontc.modelio writes with it
+    too: this module imports nothing from frontc, so the helpers live here)."""
+    return varint(number << 3 | 2) + varint(length)
+
+
 def _delimited(number: int, payload: bytes) -> bytes:
-    out, n = bytearray(), number << 3 | 2
-    for value in (n, len(payload)):
-        while value > 0x7F:
-            out.append(value & 0x7F | 0x80)
-            value >>= 7
-        out.append(value)
-    return bytes(out) + payload
+    return field_header(number, len(payload)) + payload
 
 
 def without_tensor_bytes(path: Path) -> bytes:
