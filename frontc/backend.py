@@ -63,8 +63,9 @@ def small_pages():
     Where the kernel's transparent-hugepage defrag setting is `madvise` (Debian's and Ubuntu's
     default), a fault in such a region may compact or reclaim memory synchronously to find a
     free 2 MiB page, and with the page cache full of a large model's bytes it does: on this
-    project's VM a first touch cost 2.4-2.9 s per GiB with the advice against 0.5 s without
-    (docs/performance.md; numpy/numpy#31590 describes the same stall). A user who sets
+    project's VM a first touch cost 2.8-3.1 s per GiB with the advice against 0.6-0.75 s
+    without (benchmarks/first_touch.py, docs/performance.md; numpy/numpy#31590 describes the
+    same stall). A user who sets
     NUMPY_MADVISE_HUGEPAGE keeps their choice."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage

@@ -86,7 +86,8 @@ def session(path: Path | bytes):
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors come back as exceptions; ORT's own log would add lines
     # One run only: pre-packing the weights for faster repeated MatMuls would copy them all
-    # (1.4 GiB model: session 3.8 s and 2.1 GiB peak with it, 2.2 s and 1.6 GiB without).
+    # (1.32 GiB model: session 3.45 s and 2.18 GiB peak with it, 2.01 s and 1.64 GiB without;
+    # benchmarks/bench_validate.py).
     options.add_session_config_entry("session.disable_prepacking", "1")
     source = path if isinstance(path, bytes) else str(path)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
@@ -217,9 +218,9 @@ def _delimited(number: int, payload: bytes) -> bytes:
 def without_tensor_bytes(path: Path) -> bytes:
     """The model file at `path` re-encoded with every top-level initializer's raw_data replaced
     by an external-data reference to where those bytes lie in the file itself: everything
-    onnx.checker reads, without parsing (or holding) the weights -- for a 1.4 GiB model the
-    full parse took 7 s of a 31 s transfer. onnxruntime, which loads the file next, checks each
-    tensor's byte size against its shape and dtype."""
+    onnx.checker reads, without parsing (or holding) the weights (1.32 GiB model: 0.02 s and
+    0.12 GiB against 1.84 s and 2.76 GiB; benchmarks/bench_validate.py). onnxruntime, which
+    loads the file next, checks each tensor's byte size against its shape and dtype."""
     import mmap
 
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
