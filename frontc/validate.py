@@ -231,23 +231,28 @@ def without_tensor_bytes(path: Path) -> bytes:
                 continue
             graph = bytearray()
             for n, w, a, b, f0 in _fields(buf, start, end):
-                if (n, w) != (5, 2):                              # GraphProto.initializer
+                if (n, w) == (5, 2):                              # GraphProto.initializer
+                    graph += _delimited(5, _by_reference(buf, a, b, path.name))
+                else:
                     graph += buf[f0:b]
-                    continue
-                tensor, raw = bytearray(), None
-                for n3, w3, a3, b3, f3 in _fields(buf, a, b):
-                    if (n3, w3) == (9, 2):                        # TensorProto.raw_data
-                        raw = (a3, b3 - a3)
-                    else:
-                        tensor += buf[f3:b3]
-                if raw is not None:
-                    for key, value in (("location", path.name), ("offset", raw[0]), ("length", raw[1])):
-                        tensor += _delimited(13, _delimited(1, key.encode()) +
-                                             _delimited(2, str(value).encode()))
-                    tensor += bytes([14 << 3, 1])                 # data_location = EXTERNAL
-                graph += _delimited(5, bytes(tensor))
             model += _delimited(7, bytes(graph))
     return bytes(model)
+
+
+def _by_reference(buf, start: int, end: int, location: str) -> bytes:
+    """The TensorProto in buf[start:end] with its raw_data (field 9), if any, replaced by an
+    external-data reference to the same bytes in the file `location`."""
+    tensor, raw = bytearray(), None
+    for number, wire, a, b, first in _fields(buf, start, end):
+        if (number, wire) == (9, 2):
+            raw = (a, b - a)
+        else:
+            tensor += buf[first:b]
+    if raw is not None:
+        for key, value in (("location", location), ("offset", raw[0]), ("length", raw[1])):
+            tensor += _delimited(13, _delimited(1, key.encode()) + _delimited(2, str(value).encode()))
+        tensor += bytes([14 << 3, 1])                             # data_location = EXTERNAL
+    return bytes(tensor)
 
 
 def run_checker(path: Path, light: bool) -> None:
